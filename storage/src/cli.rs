@@ -1,0 +1,218 @@
+//! Command line: node setup (`init`, `keygen`, `daemon`) and client commands that talk to a running
+//! node over its APIs (`--api` for the Kubo RPC, `--cluster-api` for the Cluster REST API).
+
+use crate::config::Config;
+use clap::{Args, Parser, Subcommand};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Exit codes shared by every Bulwark binary.
+pub mod exit {
+    pub const OK: i32 = 0;
+    /// The operation failed (the node answered with an error).
+    pub const FAILED: i32 = 1;
+    /// Bad command line (clap uses 2 as well).
+    pub const USAGE: i32 = 2;
+    /// Invalid configuration (EX_CONFIG-like, as the sidecar uses).
+    pub const CONFIG: i32 = 64;
+    /// The node could not be reached (EX_UNAVAILABLE).
+    pub const UNAVAILABLE: i32 = 69;
+}
+
+#[derive(Parser, Debug)]
+#[command(name = "storage", version, about = "Bulwark storage node: a replicated pin service on a private network")]
+pub struct Cli {
+    /// Kubo RPC address of the node to talk to.
+    #[arg(long, global = true, env = "STORAGE_API", default_value = "127.0.0.1:5001")]
+    pub api: String,
+    /// Cluster REST address; defaults to the --api host on port 9094.
+    #[arg(long, global = true, env = "STORAGE_CLUSTER_API")]
+    pub cluster_api: Option<String>,
+    /// Log format of the daemon.
+    #[arg(long, global = true, env = "STORAGE_LOG_FORMAT", default_value = "plain", value_parser = ["plain", "json"])]
+    pub log_format: String,
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+impl Cli {
+    pub fn cluster_addr(&self) -> String {
+        self.cluster_api.clone().unwrap_or_else(|| {
+            let host = self.api.rsplit_once(':').map(|(h, _)| h).unwrap_or(&self.api);
+            format!("{host}:9094")
+        })
+    }
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Cmd {
+    /// Create a node: identity, config and data directory.
+    Init {
+        #[command(flatten)]
+        data: DataDir,
+        /// Swarm key file to copy into the node (a new one is generated when absent).
+        #[arg(long)]
+        swarm_key: Option<PathBuf>,
+        #[command(flatten)]
+        set: ConfigFlags,
+    },
+    /// Print a new swarm key in the IPFS pnet format.
+    Keygen,
+    /// Run the node.
+    Daemon {
+        #[command(flatten)]
+        data: DataDir,
+        /// Overrides on top of the data directory's config.toml (not saved).
+        #[command(flatten)]
+        set: ConfigFlags,
+    },
+    /// Validate a node's config.toml without starting it.
+    Check {
+        #[command(flatten)]
+        data: DataDir,
+    },
+    /// Show the node's identity.
+    Id,
+    /// Cluster peers.
+    Peers {
+        #[command(subcommand)]
+        cmd: PeersCmd,
+    },
+    /// Add a file; prints its CID (pins it in the cluster unless --no-pin).
+    Add {
+        file: PathBuf,
+        #[arg(long, default_value_t = 0)]
+        cid_version: u8,
+        #[arg(long)]
+        raw_leaves: Option<bool>,
+        /// Compute the CID only; store nothing.
+        #[arg(long, short = 'n')]
+        only_hash: bool,
+        #[arg(long)]
+        no_pin: bool,
+        #[arg(long, short = 'q')]
+        quiet: bool,
+    },
+    /// Print a file's bytes.
+    Cat {
+        cid: String,
+        #[arg(long)]
+        offset: Option<u64>,
+        #[arg(long)]
+        length: Option<u64>,
+    },
+    /// Cluster pins.
+    Pin {
+        #[command(subcommand)]
+        cmd: PinCmd,
+    },
+    /// Per-peer status of a pin.
+    Status {
+        cid: String,
+        #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+        format: String,
+    },
+    /// Retry a failed pin on every peer.
+    Recover { cid: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PeersCmd {
+    /// List cluster peers and whether they are reachable.
+    Ls,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PinCmd {
+    Add {
+        cid: String,
+        #[arg(long)]
+        replication_min: Option<i32>,
+        #[arg(long)]
+        replication_max: Option<i32>,
+        #[arg(long)]
+        name: Option<String>,
+    },
+    Rm { cid: String },
+    Ls,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct DataDir {
+    /// The node's data directory.
+    #[arg(long = "data", env = "STORAGE_PATH", default_value = ".bulwark-storage")]
+    pub path: PathBuf,
+}
+
+/// Config settings that can be given on the command line.
+#[derive(Args, Debug, Clone, Default)]
+pub struct ConfigFlags {
+    #[arg(long)]
+    pub peername: Option<String>,
+    /// Kubo RPC listen address.
+    #[arg(long)]
+    pub rpc: Option<SocketAddr>,
+    #[arg(long)]
+    pub gateway: Option<SocketAddr>,
+    /// Cluster REST listen address.
+    #[arg(long)]
+    pub cluster: Option<SocketAddr>,
+    /// Peer protocol listen address.
+    #[arg(long)]
+    pub peer_listen: Option<SocketAddr>,
+    /// Address peers dial to reach this node.
+    #[arg(long)]
+    pub advertise: Option<String>,
+    /// Peer to join at start (repeatable): HOST:PORT or /ip4/A/tcp/P[/p2p/ID].
+    #[arg(long)]
+    pub bootstrap: Vec<String>,
+    /// Fixed peerset member (repeatable); only these peers are admitted.
+    #[arg(long)]
+    pub peerset: Vec<String>,
+    #[arg(long, allow_negative_numbers = true)]
+    pub replication_min: Option<i32>,
+    #[arg(long, allow_negative_numbers = true)]
+    pub replication_max: Option<i32>,
+    /// Re-allocate the pins of a peer down this long (e.g. 10m). Off by default.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub repin_after: Option<Duration>,
+}
+
+impl ConfigFlags {
+    pub fn apply(&self, c: &mut Config) {
+        if let Some(v) = &self.peername {
+            c.peername = v.clone();
+        }
+        if let Some(v) = self.rpc {
+            c.api.rpc = v;
+        }
+        if let Some(v) = self.gateway {
+            c.api.gateway = v;
+        }
+        if let Some(v) = self.cluster {
+            c.api.cluster = v;
+        }
+        if let Some(v) = self.peer_listen {
+            c.peer.listen = v;
+        }
+        if let Some(v) = &self.advertise {
+            c.peer.advertise = Some(v.clone());
+        }
+        if !self.bootstrap.is_empty() {
+            c.peer.bootstrap = self.bootstrap.clone();
+        }
+        if !self.peerset.is_empty() {
+            c.peer.peerset = self.peerset.clone();
+        }
+        if let Some(v) = self.replication_min {
+            c.cluster.replication_factor_min = v;
+        }
+        if let Some(v) = self.replication_max {
+            c.cluster.replication_factor_max = v;
+        }
+        if self.repin_after.is_some() {
+            c.cluster.repin_after = self.repin_after;
+        }
+    }
+}

@@ -1,0 +1,19 @@
+//! Bulwark storage node: a replicated pin service modelled on a private IPFS network with IPFS
+//! Cluster. See docs/storage.md for the design and the decisions behind it.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod cli;
+pub mod client;
+pub mod config;
+pub mod daemon;
+pub mod identity;
+pub mod ingest;
+pub mod node;
+pub mod peer;
+pub mod pinset;
+pub mod store;
+pub mod swarm_key;
+pub mod sync;
+pub mod tracker;
+pub mod unixfs;
