@@ -21,10 +21,19 @@ pub mod exit {
 }
 
 #[derive(Parser, Debug)]
-#[command(name = "storage", version, about = "Bulwark storage node: a replicated pin service on a private network")]
+#[command(
+    name = "storage",
+    version,
+    about = "Bulwark storage node: a replicated pin service on a private network"
+)]
 pub struct Cli {
     /// Kubo RPC address of the node to talk to.
-    #[arg(long, global = true, env = "STORAGE_API", default_value = "127.0.0.1:5001")]
+    #[arg(
+        long,
+        global = true,
+        env = "STORAGE_API",
+        default_value = "127.0.0.1:5001"
+    )]
     pub api: String,
     /// Cluster REST address; defaults to the --api host on port 9094.
     #[arg(long, global = true, env = "STORAGE_CLUSTER_API")]
@@ -39,7 +48,11 @@ pub struct Cli {
 impl Cli {
     pub fn cluster_addr(&self) -> String {
         self.cluster_api.clone().unwrap_or_else(|| {
-            let host = self.api.rsplit_once(':').map(|(h, _)| h).unwrap_or(&self.api);
+            let host = self
+                .api
+                .rsplit_once(':')
+                .map(|(h, _)| h)
+                .unwrap_or(&self.api);
             format!("{host}:9094")
         })
     }
@@ -134,14 +147,20 @@ pub enum PinCmd {
         #[arg(long)]
         name: Option<String>,
     },
-    Rm { cid: String },
+    Rm {
+        cid: String,
+    },
     Ls,
 }
 
 #[derive(Args, Debug, Clone)]
 pub struct DataDir {
     /// The node's data directory.
-    #[arg(long = "data", env = "STORAGE_PATH", default_value = ".bulwark-storage")]
+    #[arg(
+        long = "data",
+        env = "STORAGE_PATH",
+        default_value = ".bulwark-storage"
+    )]
     pub path: PathBuf,
 }
 

@@ -14,18 +14,27 @@ pub struct Failure {
 
 impl Failure {
     fn new(code: i32, message: impl Into<String>) -> Self {
-        Self { code, message: message.into() }
+        Self {
+            code,
+            message: message.into(),
+        }
     }
 }
 
 type R<T> = Result<T, Failure>;
 
 fn http() -> reqwest::Client {
-    reqwest::Client::builder().no_proxy().build().expect("http client")
+    reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("http client")
 }
 
 fn unreachable(addr: &str, e: reqwest::Error) -> Failure {
-    Failure::new(exit::UNAVAILABLE, format!("cannot reach the node at {addr}: {e} (is `storage daemon` running? see --api)"))
+    Failure::new(
+        exit::UNAVAILABLE,
+        format!("cannot reach the node at {addr}: {e} (is `storage daemon` running? see --api)"),
+    )
 }
 
 /// Turns a node's error answer (Kubo or Cluster dialect, or plain text) into a message.
@@ -37,33 +46,64 @@ async fn check(resp: reqwest::Response) -> R<reqwest::Response> {
     let text = resp.text().await.unwrap_or_default();
     let msg = serde_json::from_str::<Value>(&text)
         .ok()
-        .and_then(|v| v.get("Message").or_else(|| v.get("message")).and_then(|m| m.as_str()).map(str::to_string))
+        .and_then(|v| {
+            v.get("Message")
+                .or_else(|| v.get("message"))
+                .and_then(|m| m.as_str())
+                .map(str::to_string)
+        })
         .unwrap_or_else(|| text.trim().to_string());
-    Err(Failure::new(exit::FAILED, format!("{msg} (HTTP {})", status.as_u16())))
+    Err(Failure::new(
+        exit::FAILED,
+        format!("{msg} (HTTP {})", status.as_u16()),
+    ))
 }
 
 async fn rpc(cli: &Cli, path: &str, query: &[(&str, String)]) -> R<reqwest::Response> {
     let url = format!("http://{}/api/v0/{path}", cli.api);
-    let resp = http().post(url).query(query).send().await.map_err(|e| unreachable(&cli.api, e))?;
+    let resp = http()
+        .post(url)
+        .query(query)
+        .send()
+        .await
+        .map_err(|e| unreachable(&cli.api, e))?;
     check(resp).await
 }
 
-async fn cluster(cli: &Cli, method: reqwest::Method, path: &str, query: &[(&str, String)]) -> R<reqwest::Response> {
+async fn cluster(
+    cli: &Cli,
+    method: reqwest::Method,
+    path: &str,
+    query: &[(&str, String)],
+) -> R<reqwest::Response> {
     let addr = cli.cluster_addr();
     let url = format!("http://{addr}{path}");
-    let resp = http().request(method, url).query(query).send().await.map_err(|e| unreachable(&addr, e))?;
+    let resp = http()
+        .request(method, url)
+        .query(query)
+        .send()
+        .await
+        .map_err(|e| unreachable(&addr, e))?;
     check(resp).await
 }
 
 async fn json(resp: reqwest::Response) -> R<Value> {
-    resp.json().await.map_err(|e| Failure::new(exit::FAILED, format!("malformed answer: {e}")))
+    resp.json()
+        .await
+        .map_err(|e| Failure::new(exit::FAILED, format!("malformed answer: {e}")))
 }
 
 async fn ndjson(resp: reqwest::Response) -> R<Vec<Value>> {
-    let text = resp.text().await.map_err(|e| Failure::new(exit::FAILED, format!("answer cut off: {e}")))?;
+    let text = resp
+        .text()
+        .await
+        .map_err(|e| Failure::new(exit::FAILED, format!("answer cut off: {e}")))?;
     text.lines()
         .filter(|l| !l.trim().is_empty())
-        .map(|l| serde_json::from_str(l).map_err(|e| Failure::new(exit::FAILED, format!("malformed answer line: {e}"))))
+        .map(|l| {
+            serde_json::from_str(l)
+                .map_err(|e| Failure::new(exit::FAILED, format!("malformed answer line: {e}")))
+        })
         .collect()
 }
 
@@ -82,39 +122,78 @@ pub async fn run(cli: &Cli) -> R<()> {
             let resp = cluster(cli, reqwest::Method::GET, "/peers", &[]).await?;
             for p in ndjson(resp).await? {
                 let err = p["error"].as_str().unwrap_or("");
-                let state = if err.is_empty() { "up".to_string() } else { format!("DOWN: {err}") };
-                w(&mut out, format!("{} | {} | {}", p["id"].as_str().unwrap_or(""), p["peername"].as_str().unwrap_or(""), state))?;
+                let state = if err.is_empty() {
+                    "up".to_string()
+                } else {
+                    format!("DOWN: {err}")
+                };
+                w(
+                    &mut out,
+                    format!(
+                        "{} | {} | {}",
+                        p["id"].as_str().unwrap_or(""),
+                        p["peername"].as_str().unwrap_or(""),
+                        state
+                    ),
+                )?;
             }
             Ok(())
         }
-        Cmd::Add { file, cid_version, raw_leaves, only_hash, no_pin, quiet } => {
-            let f = tokio::fs::File::open(file)
-                .await
-                .map_err(|e| Failure::new(exit::FAILED, format!("cannot open {}: {e}", file.display())))?;
+        Cmd::Add {
+            file,
+            cid_version,
+            raw_leaves,
+            only_hash,
+            no_pin,
+            quiet,
+        } => {
+            let f = tokio::fs::File::open(file).await.map_err(|e| {
+                Failure::new(exit::FAILED, format!("cannot open {}: {e}", file.display()))
+            })?;
             let len = f.metadata().await.map(|m| m.len()).unwrap_or(0);
-            let name = file.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+            let name = file
+                .file_name()
+                .map(|n| n.to_string_lossy().to_string())
+                .unwrap_or_default();
             let part = reqwest::multipart::Part::stream_with_length(reqwest::Body::from(f), len)
                 .file_name(name)
                 .mime_str("application/octet-stream")
                 .expect("mime");
             let form = reqwest::multipart::Form::new().part("file", part);
-            let mut q = vec![("cid-version", cid_version.to_string()), ("only-hash", only_hash.to_string()), ("pin", (!no_pin).to_string())];
+            let mut q = vec![
+                ("cid-version", cid_version.to_string()),
+                ("only-hash", only_hash.to_string()),
+                ("pin", (!no_pin).to_string()),
+            ];
             if let Some(r) = raw_leaves {
                 q.push(("raw-leaves", r.to_string()));
             }
             let url = format!("http://{}/api/v0/add", cli.api);
-            let resp = http().post(url).query(&q).multipart(form).send().await.map_err(|e| unreachable(&cli.api, e))?;
+            let resp = http()
+                .post(url)
+                .query(&q)
+                .multipart(form)
+                .send()
+                .await
+                .map_err(|e| unreachable(&cli.api, e))?;
             for ev in ndjson(check(resp).await?).await? {
                 let hash = ev["Hash"].as_str().unwrap_or("");
                 if *quiet {
                     w(&mut out, hash.to_string())?;
                 } else {
-                    w(&mut out, format!("added {hash} {}", ev["Name"].as_str().unwrap_or("")))?;
+                    w(
+                        &mut out,
+                        format!("added {hash} {}", ev["Name"].as_str().unwrap_or("")),
+                    )?;
                 }
             }
             Ok(())
         }
-        Cmd::Cat { cid, offset, length } => {
+        Cmd::Cat {
+            cid,
+            offset,
+            length,
+        } => {
             let mut q = vec![("arg", cid.clone())];
             if let Some(o) = offset {
                 q.push(("offset", o.to_string()));
@@ -123,25 +202,46 @@ pub async fn run(cli: &Cli) -> R<()> {
                 q.push(("length", l.to_string()));
             }
             let resp = rpc(cli, "cat", &q).await?;
-            let size: Option<u64> = resp.headers().get("x-content-length").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
+            let size: Option<u64> = resp
+                .headers()
+                .get("x-content-length")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.parse().ok());
             let mut body = resp.bytes_stream();
             let mut got = 0u64;
             while let Some(chunk) = body.next().await {
-                let chunk = chunk.map_err(|e| Failure::new(exit::FAILED, format!("transfer failed after {got} bytes: {e}")))?;
+                let chunk = chunk.map_err(|e| {
+                    Failure::new(
+                        exit::FAILED,
+                        format!("transfer failed after {got} bytes: {e}"),
+                    )
+                })?;
                 got += chunk.len() as u64;
-                out.write_all(&chunk).map_err(|e| Failure::new(exit::FAILED, format!("stdout: {e}")))?;
+                out.write_all(&chunk)
+                    .map_err(|e| Failure::new(exit::FAILED, format!("stdout: {e}")))?;
             }
             // reqwest does not expose trailers: check the length instead of X-Stream-Error.
             if let Some(size) = size {
-                let want = size.saturating_sub(offset.unwrap_or(0)).min(length.unwrap_or(u64::MAX));
+                let want = size
+                    .saturating_sub(offset.unwrap_or(0))
+                    .min(length.unwrap_or(u64::MAX));
                 if got != want {
-                    return Err(Failure::new(exit::FAILED, format!("transfer incomplete: got {got} of {want} bytes")));
+                    return Err(Failure::new(
+                        exit::FAILED,
+                        format!("transfer incomplete: got {got} of {want} bytes"),
+                    ));
                 }
             }
-            out.flush().map_err(|e| Failure::new(exit::FAILED, format!("stdout: {e}")))
+            out.flush()
+                .map_err(|e| Failure::new(exit::FAILED, format!("stdout: {e}")))
         }
         Cmd::Pin { cmd } => match cmd {
-            PinCmd::Add { cid, replication_min, replication_max, name } => {
+            PinCmd::Add {
+                cid,
+                replication_min,
+                replication_max,
+                name,
+            } => {
                 let mut q = vec![];
                 if let Some(v) = replication_min {
                     q.push(("replication-min", v.to_string()));
@@ -152,48 +252,96 @@ pub async fn run(cli: &Cli) -> R<()> {
                 if let Some(n) = name {
                     q.push(("name", n.clone()));
                 }
-                let p = json(cluster(cli, reqwest::Method::POST, &format!("/pins/{cid}"), &q).await?).await?;
-                w(&mut out, format!("pinned {} on {}", p["cid"].as_str().unwrap_or(""), allocations(&p)))
+                let p =
+                    json(cluster(cli, reqwest::Method::POST, &format!("/pins/{cid}"), &q).await?)
+                        .await?;
+                w(
+                    &mut out,
+                    format!(
+                        "pinned {} on {}",
+                        p["cid"].as_str().unwrap_or(""),
+                        allocations(&p)
+                    ),
+                )
             }
             PinCmd::Rm { cid } => {
-                let p = json(cluster(cli, reqwest::Method::DELETE, &format!("/pins/{cid}"), &[]).await?).await?;
-                w(&mut out, format!("unpinned {}", p["cid"].as_str().unwrap_or("")))
+                let p = json(
+                    cluster(cli, reqwest::Method::DELETE, &format!("/pins/{cid}"), &[]).await?,
+                )
+                .await?;
+                w(
+                    &mut out,
+                    format!("unpinned {}", p["cid"].as_str().unwrap_or("")),
+                )
             }
             PinCmd::Ls => {
                 let resp = cluster(cli, reqwest::Method::GET, "/allocations", &[]).await?;
                 for p in ndjson(resp).await? {
-                    w(&mut out, format!("{} | {} | replication {}..{} | {}", p["cid"].as_str().unwrap_or(""), p["name"].as_str().unwrap_or(""), p["replication_factor_min"], p["replication_factor_max"], allocations(&p)))?;
+                    w(
+                        &mut out,
+                        format!(
+                            "{} | {} | replication {}..{} | {}",
+                            p["cid"].as_str().unwrap_or(""),
+                            p["name"].as_str().unwrap_or(""),
+                            p["replication_factor_min"],
+                            p["replication_factor_max"],
+                            allocations(&p)
+                        ),
+                    )?;
                 }
                 Ok(())
             }
         },
         Cmd::Status { cid, format } => {
-            let g = json(cluster(cli, reqwest::Method::GET, &format!("/pins/{cid}"), &[]).await?).await?;
+            let g = json(cluster(cli, reqwest::Method::GET, &format!("/pins/{cid}"), &[]).await?)
+                .await?;
             if format == "json" {
                 return w(&mut out, pretty(&g));
             }
             print_status(&mut out, &g)
         }
         Cmd::Recover { cid } => {
-            let g = json(cluster(cli, reqwest::Method::POST, &format!("/pins/{cid}/recover"), &[]).await?).await?;
+            let g = json(
+                cluster(
+                    cli,
+                    reqwest::Method::POST,
+                    &format!("/pins/{cid}/recover"),
+                    &[],
+                )
+                .await?,
+            )
+            .await?;
             print_status(&mut out, &g)
         }
-        Cmd::Init { .. } | Cmd::Keygen | Cmd::Daemon { .. } | Cmd::Check { .. } => unreachable!("handled by main"),
+        Cmd::Init { .. } | Cmd::Keygen | Cmd::Daemon { .. } | Cmd::Check { .. } => {
+            unreachable!("handled by main")
+        }
     }
 }
 
 fn allocations(p: &Value) -> String {
     match p["allocations"].as_array() {
-        Some(a) if !a.is_empty() => a.iter().filter_map(|v| v.as_str()).collect::<Vec<_>>().join(", "),
+        Some(a) if !a.is_empty() => a
+            .iter()
+            .filter_map(|v| v.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
         _ => "every peer".to_string(),
     }
 }
 
 fn print_status(out: &mut std::io::StdoutLock, g: &Value) -> R<()> {
-    let mut s = format!("{} | {}:\n", g["cid"].as_str().unwrap_or(""), g["name"].as_str().unwrap_or(""));
+    let mut s = format!(
+        "{} | {}:\n",
+        g["cid"].as_str().unwrap_or(""),
+        g["name"].as_str().unwrap_or("")
+    );
     if let Some(map) = g["peer_map"].as_object() {
         for (id, p) in map {
-            let name = p["peername"].as_str().filter(|n| !n.is_empty()).unwrap_or(id);
+            let name = p["peername"]
+                .as_str()
+                .filter(|n| !n.is_empty())
+                .unwrap_or(id);
             s.push_str(&format!(
                 "    > {name:<16} : {} | {} | Attempts: {}{}\n",
                 p["status"].as_str().unwrap_or("").to_uppercase(),

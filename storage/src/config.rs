@@ -19,7 +19,7 @@ pub enum ConfigError {
     },
 }
 
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     /// Shown as `peername` in cluster answers; defaults to the data directory's name.
@@ -89,18 +89,6 @@ pub struct Limits {
     pub max_add_bytes: u64,
     /// Largest block accepted by `block/put` (Kubo refuses blocks over 1 MiB as well).
     pub max_block_size: usize,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Self {
-            peername: String::new(),
-            api: ApiConfig::default(),
-            peer: PeerConfig::default(),
-            cluster: ClusterConfig::default(),
-            limits: Limits::default(),
-        }
-    }
 }
 
 impl Default for ApiConfig {

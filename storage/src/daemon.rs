@@ -17,8 +17,13 @@ pub const SWARM_KEY_FILE: &str = "swarm.key";
 
 /// Opens the node from its data directory (config already loaded and validated by the caller).
 pub fn open(data: &Path, cfg: Config) -> anyhow::Result<Arc<Node>> {
-    let ident = Identity::load(&data.join(IDENTITY_FILE))
-        .with_context(|| format!("{} is not an initialised node directory (run `storage init --data {}`)", data.display(), data.display()))?;
+    let ident = Identity::load(&data.join(IDENTITY_FILE)).with_context(|| {
+        format!(
+            "{} is not an initialised node directory (run `storage init --data {}`)",
+            data.display(),
+            data.display()
+        )
+    })?;
     let key_path = data.join(SWARM_KEY_FILE);
     if !key_path.exists() {
         anyhow::bail!(
@@ -34,7 +39,9 @@ pub fn open(data: &Path, cfg: Config) -> anyhow::Result<Arc<Node>> {
 pub async fn run(node: Arc<Node>) -> anyhow::Result<()> {
     let cfg = node.cfg.clone();
     let bind = |addr: SocketAddr, what: &'static str| async move {
-        TcpListener::bind(addr).await.with_context(|| format!("cannot listen for the {what} on {addr}"))
+        TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen for the {what} on {addr}"))
     };
     let rpc = bind(cfg.api.rpc, "Kubo RPC API").await?;
     let gw = bind(cfg.api.gateway, "gateway").await?;
@@ -69,7 +76,10 @@ pub async fn run(node: Arc<Node>) -> anyhow::Result<()> {
     tracing::info!("shutting down: no new connections, finishing in-flight requests");
     let _ = tx.send(());
     let drain = futures::future::join_all(tasks);
-    if tokio::time::timeout(std::time::Duration::from_secs(10), drain).await.is_err() {
+    if tokio::time::timeout(std::time::Duration::from_secs(10), drain)
+        .await
+        .is_err()
+    {
         tracing::warn!("in-flight requests did not finish within 10s; exiting anyway");
     }
     Ok(())

@@ -18,16 +18,27 @@ pub struct Ingest {
 
 impl Ingest {
     /// `only_hash` computes the CID without keeping anything.
-    pub fn new(node: &Node, opts: AddOptions, only_hash: bool, limit: u64) -> Result<Self, NodeError> {
+    pub fn new(
+        node: &Node,
+        opts: AddOptions,
+        only_hash: bool,
+        limit: u64,
+    ) -> Result<Self, NodeError> {
         let spool = if only_hash {
             None
         } else {
             let dir = node.data_dir.join("tmp");
             std::fs::create_dir_all(&dir).map_err(|e| NodeError::Io(format!("spool dir: {e}")))?;
-            let f = tempfile::tempfile_in(&dir).map_err(|e| NodeError::Io(format!("spool file: {e}")))?;
+            let f = tempfile::tempfile_in(&dir)
+                .map_err(|e| NodeError::Io(format!("spool file: {e}")))?;
             Some(BufWriter::with_capacity(1 << 20, f))
         };
-        Ok(Self { builder: FileBuilder::new(opts), spool, bytes: 0, limit })
+        Ok(Self {
+            builder: FileBuilder::new(opts),
+            spool,
+            bytes: 0,
+            limit,
+        })
     }
 
     pub fn bytes(&self) -> u64 {
@@ -47,7 +58,9 @@ impl Ingest {
     }
 
     fn spool(&mut self, blocks: &[Block]) -> Result<(), NodeError> {
-        let Some(w) = self.spool.as_mut() else { return Ok(()) };
+        let Some(w) = self.spool.as_mut() else {
+            return Ok(());
+        };
         for b in blocks {
             let cid = b.cid.to_bytes();
             let r = w
@@ -65,8 +78,12 @@ impl Ingest {
         let builder = std::mem::replace(&mut self.builder, FileBuilder::new(AddOptions::default()));
         let (blocks, root) = builder.finish();
         self.spool(&blocks)?;
-        let Some(w) = self.spool.take() else { return Ok(root) };
-        let mut f = w.into_inner().map_err(|e| NodeError::Io(format!("spool flush: {e}")))?;
+        let Some(w) = self.spool.take() else {
+            return Ok(root);
+        };
+        let mut f = w
+            .into_inner()
+            .map_err(|e| NodeError::Io(format!("spool flush: {e}")))?;
         node.db(move |s| {
             let io = |e: std::io::Error| crate::store::StoreError::Db(format!("spool read: {e}"));
             f.seek(SeekFrom::Start(0)).map_err(io)?;
@@ -84,7 +101,8 @@ impl Ingest {
                     r.read_exact(&mut len).map_err(io)?;
                     let mut data = vec![0; u32::from_le_bytes(len) as usize];
                     r.read_exact(&mut data).map_err(io)?;
-                    let cid = Cid::try_from(cid).map_err(|e| crate::store::StoreError::Db(format!("spool cid: {e}")))?;
+                    let cid = Cid::try_from(cid)
+                        .map_err(|e| crate::store::StoreError::Db(format!("spool cid: {e}")))?;
                     put(&cid, &data)?;
                 }
             })

@@ -74,24 +74,44 @@ pub struct Node {
 }
 
 impl Node {
-    pub fn open(cfg: Config, ident: Identity, key: SwarmKey, data_dir: PathBuf) -> Result<Arc<Self>, NodeError> {
+    pub fn open(
+        cfg: Config,
+        ident: Identity,
+        key: SwarmKey,
+        data_dir: PathBuf,
+    ) -> Result<Arc<Self>, NodeError> {
         let store = Arc::new(Store::open(&data_dir.join("store.redb"))?);
         let peers = PeerClient::new(key.clone(), ident.peer_id.clone(), cfg.peer.request_timeout);
         let now = Instant::now();
         let mut members = HashMap::new();
         for (id, addr) in store.members()? {
             if id != ident.peer_id {
-                members.insert(id, Member { addr, peername: String::new(), last_seen: None, last_error: String::new(), known_since: now });
+                members.insert(
+                    id,
+                    Member {
+                        addr,
+                        peername: String::new(),
+                        last_seen: None,
+                        last_error: String::new(),
+                        known_since: now,
+                    },
+                );
             }
         }
         let mut pending = Vec::new();
         for a in cfg.peer.bootstrap.iter().chain(&cfg.peer.peerset) {
             let pa = PeerAddr::parse(a).map_err(NodeError::Invalid)?;
-            if pa.host_port != cfg.advertise() && !members.values().any(|m| m.addr == pa.host_port) {
+            if pa.host_port != cfg.advertise() && !members.values().any(|m| m.addr == pa.host_port)
+            {
                 pending.push(pa.host_port);
             }
         }
-        let max_clock = store.all_pins()?.into_iter().map(|p| p.clock).max().unwrap_or_default();
+        let max_clock = store
+            .all_pins()?
+            .into_iter()
+            .map(|p| p.clock)
+            .max()
+            .unwrap_or_default();
         Ok(Arc::new(Self {
             cfg,
             ident,
@@ -114,7 +134,10 @@ impl Node {
 
     pub fn peername(&self) -> String {
         if self.cfg.peername.is_empty() {
-            self.data_dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default()
+            self.data_dir
+                .file_name()
+                .map(|n| n.to_string_lossy().to_string())
+                .unwrap_or_default()
         } else {
             self.cfg.peername.clone()
         }
@@ -143,7 +166,8 @@ impl Node {
     }
 
     pub fn is_live(&self, m: &Member) -> bool {
-        m.last_seen.is_some_and(|t| t.elapsed() < self.cfg.peer.peer_timeout)
+        m.last_seen
+            .is_some_and(|t| t.elapsed() < self.cfg.peer.peer_timeout)
     }
 
     /// Live peer IDs, this node first.
@@ -161,19 +185,28 @@ impl Node {
     }
 
     pub fn hello(&self) -> Hello {
-        let mut members: Vec<(String, String)> =
-            self.members().into_iter().map(|(id, m)| (id, m.addr)).collect();
+        let mut members: Vec<(String, String)> = self
+            .members()
+            .into_iter()
+            .map(|(id, m)| (id, m.addr))
+            .collect();
         members.sort();
-        Hello { id: self.me().to_string(), addr: self.cfg.advertise(), peername: self.peername(), members }
+        Hello {
+            id: self.me().to_string(),
+            addr: self.cfg.advertise(),
+            peername: self.peername(),
+            members,
+        }
     }
 
     /// In fixed-peerset mode, only listed peers (by ID or address) are members.
     pub fn admits(&self, id: &str, addr: &str) -> bool {
         let set = &self.cfg.peer.peerset;
         set.is_empty()
-            || set.iter().filter_map(|a| PeerAddr::parse(a).ok()).any(|pa| {
-                pa.id.as_deref() == Some(id) || (pa.id.is_none() && pa.host_port == addr)
-            })
+            || set
+                .iter()
+                .filter_map(|a| PeerAddr::parse(a).ok())
+                .any(|pa| pa.id.as_deref() == Some(id) || (pa.id.is_none() && pa.host_port == addr))
     }
 
     /// Records a successful exchange with a peer (and the peers it told us about).
@@ -198,7 +231,16 @@ impl Node {
             m.last_error.clear();
             for (id, addr) in &hello.members {
                 if id != self.me() && !ms.contains_key(id) && self.admits(id, addr) {
-                    ms.insert(id.clone(), Member { addr: addr.clone(), peername: String::new(), last_seen: None, last_error: String::new(), known_since: now });
+                    ms.insert(
+                        id.clone(),
+                        Member {
+                            addr: addr.clone(),
+                            peername: String::new(),
+                            last_seen: None,
+                            last_error: String::new(),
+                            known_since: now,
+                        },
+                    );
                     tracing::info!(peer = %id, %addr, "learnt of a new cluster peer");
                 }
             }
@@ -213,10 +255,15 @@ impl Node {
         }
         // Persist membership so a restarted node finds its peers without a bootstrap.
         let store = self.store.clone();
-        let mut all: Vec<(String, String)> = self.members().into_iter().map(|(id, m)| (id, m.addr)).collect();
+        let mut all: Vec<(String, String)> = self
+            .members()
+            .into_iter()
+            .map(|(id, m)| (id, m.addr))
+            .collect();
         all.push((hello.id.clone(), hello.addr.clone()));
         tokio::task::spawn_blocking(move || {
-            let known: HashMap<String, String> = store.members().unwrap_or_default().into_iter().collect();
+            let known: HashMap<String, String> =
+                store.members().unwrap_or_default().into_iter().collect();
             for (id, addr) in all {
                 if known.get(&id) != Some(&addr) {
                     if let Err(e) = store.put_member(&id, &addr) {
@@ -230,9 +277,14 @@ impl Node {
     pub fn peer_failed(&self, id: &str, err: &PeerError) {
         let mut ms = self.members.write().expect("members lock");
         if let Some(m) = ms.get_mut(id) {
-            let was_live = m.last_seen.is_some_and(|t| t.elapsed() < self.cfg.peer.peer_timeout);
+            let was_live = m
+                .last_seen
+                .is_some_and(|t| t.elapsed() < self.cfg.peer.peer_timeout);
             m.last_error = err.to_string();
-            if was_live && m.last_seen.is_some_and(|t| t.elapsed() >= self.cfg.peer.sync_interval * 2) {
+            if was_live
+                && m.last_seen
+                    .is_some_and(|t| t.elapsed() >= self.cfg.peer.sync_interval * 2)
+            {
                 tracing::warn!(peer = %id, error = %err, "peer not answering");
             }
         }
@@ -304,7 +356,9 @@ impl Node {
                 let node = self.clone();
                 inflight.push(async move { node.get_block(&c).await.map(|b| (c, b)) });
             }
-            let Some(res) = inflight.next().await else { break };
+            let Some(res) = inflight.next().await else {
+                break;
+            };
             let (c, b) = res?;
             total += b.len() as u64;
             if c.codec() == unixfs::DAG_PB {
@@ -351,24 +405,49 @@ impl Node {
         max: Option<i32>,
     ) -> Result<PinEntry, NodeError> {
         let (min, max) = match (min, max) {
-            (None, None) => (self.cfg.cluster.replication_factor_min, self.cfg.cluster.replication_factor_max),
-            (Some(a), None) => (a, if a == -1 { -1 } else { a.max(self.cfg.cluster.replication_factor_max) }),
-            (None, Some(b)) => (if b == -1 { -1 } else { b.min(self.cfg.cluster.replication_factor_min.max(1)) }, b),
+            (None, None) => (
+                self.cfg.cluster.replication_factor_min,
+                self.cfg.cluster.replication_factor_max,
+            ),
+            (Some(a), None) => (
+                a,
+                if a == -1 {
+                    -1
+                } else {
+                    a.max(self.cfg.cluster.replication_factor_max)
+                },
+            ),
+            (None, Some(b)) => (
+                if b == -1 {
+                    -1
+                } else {
+                    b.min(self.cfg.cluster.replication_factor_min.max(1))
+                },
+                b,
+            ),
             (Some(a), Some(b)) => (a, b),
         };
         check_replication(min, max).map_err(NodeError::Invalid)?;
         let key = cid.to_string();
         let k2 = key.clone();
         let existing = self.db(move |s| s.pin(&k2)).await?.filter(|e| !e.deleted);
-        let current = existing.as_ref().map(|e| e.allocations.clone()).unwrap_or_default();
+        let current = existing
+            .as_ref()
+            .map(|e| e.allocations.clone())
+            .unwrap_or_default();
         let allocations = allocate(&key, min, max, &current, &self.live_peers(), self.me())?;
         let entry = PinEntry {
             cid: key,
-            name: name.or_else(|| existing.as_ref().map(|e| e.name.clone())).unwrap_or_default(),
+            name: name
+                .or_else(|| existing.as_ref().map(|e| e.name.clone()))
+                .unwrap_or_default(),
             replication_factor_min: min,
             replication_factor_max: max,
             allocations,
-            timestamp: existing.as_ref().map(|e| e.timestamp.clone()).unwrap_or_else(now_rfc3339),
+            timestamp: existing
+                .as_ref()
+                .map(|e| e.timestamp.clone())
+                .unwrap_or_else(now_rfc3339),
             deleted: false,
             clock: self.tick(),
         };
@@ -414,7 +493,12 @@ impl Node {
     }
 
     pub async fn pins(&self) -> Result<Vec<PinEntry>, NodeError> {
-        let mut v: Vec<PinEntry> = self.db(|s| s.all_pins()).await?.into_iter().filter(|e| !e.deleted).collect();
+        let mut v: Vec<PinEntry> = self
+            .db(|s| s.all_pins())
+            .await?
+            .into_iter()
+            .filter(|e| !e.deleted)
+            .collect();
         v.sort_by(|a, b| a.cid.cmp(&b.cid));
         Ok(v)
     }
@@ -427,7 +511,9 @@ impl Node {
             ipfs_peer_id: self.me().to_string(),
             ipfs_peer_addresses: vec![PeerAddr::multiaddr(&self.cfg.advertise(), self.me())],
             status,
-            timestamp: local.map(|l| l.timestamp.clone()).unwrap_or_else(now_rfc3339),
+            timestamp: local
+                .map(|l| l.timestamp.clone())
+                .unwrap_or_else(now_rfc3339),
             error: local.map(|l| l.error.clone()).unwrap_or_default(),
             attempt_count: local.map(|l| l.attempt_count).unwrap_or(0),
             priority_pin: false,
@@ -437,7 +523,9 @@ impl Node {
     /// This peer's status of one CID, from the pinset and the tracker.
     pub fn local_view(&self, entry: Option<&PinEntry>, local: Option<&LocalStatus>) -> PeerPinInfo {
         let status = match entry {
-            Some(e) if e.allocated_to(self.me()) => local.map(|l| l.status).unwrap_or(TrackerStatus::PinQueued),
+            Some(e) if e.allocated_to(self.me()) => {
+                local.map(|l| l.status).unwrap_or(TrackerStatus::PinQueued)
+            }
             Some(e) if !e.deleted => TrackerStatus::Remote,
             _ => TrackerStatus::Unpinned,
         };
@@ -464,7 +552,12 @@ impl Node {
         }
     }
 
-    fn global(&self, cid: &str, entry: Option<&PinEntry>, peer_map: BTreeMap<String, PeerPinInfo>) -> GlobalPinInfo {
+    fn global(
+        &self,
+        cid: &str,
+        entry: Option<&PinEntry>,
+        peer_map: BTreeMap<String, PeerPinInfo>,
+    ) -> GlobalPinInfo {
         GlobalPinInfo {
             cid: cid.to_string(),
             name: entry.map(|e| e.name.clone()).unwrap_or_default(),
@@ -477,7 +570,11 @@ impl Node {
     }
 
     /// Cluster-wide status of one CID. Unreachable peers are marked `cluster_error`, never fatal.
-    pub async fn status(self: &Arc<Self>, cid: &str, local_only: bool) -> Result<GlobalPinInfo, NodeError> {
+    pub async fn status(
+        self: &Arc<Self>,
+        cid: &str,
+        local_only: bool,
+    ) -> Result<GlobalPinInfo, NodeError> {
         let entry = self.pin_entry(cid).await?;
         let mut map = BTreeMap::new();
         map.insert(self.me().to_string(), self.local_status_of(cid).await?);
@@ -500,10 +597,14 @@ impl Node {
     }
 
     /// Cluster-wide status of every pin, one round-trip per peer.
-    pub async fn status_all(self: &Arc<Self>, local_only: bool) -> Result<Vec<GlobalPinInfo>, NodeError> {
+    pub async fn status_all(
+        self: &Arc<Self>,
+        local_only: bool,
+    ) -> Result<Vec<GlobalPinInfo>, NodeError> {
         let pins = self.pins().await?;
-        let mine: HashMap<String, LocalStatus> = self.db(|s| s.local_statuses()).await?.into_iter().collect();
-        let mut remote: Vec<(String, Member, Result<HashMap<String, LocalStatus>, PeerError>)> = vec![];
+        let mine: HashMap<String, LocalStatus> =
+            self.db(|s| s.local_statuses()).await?.into_iter().collect();
+        let mut remote: Vec<RemoteStatuses> = vec![];
         if !local_only {
             let calls = self.members().into_iter().map(|(id, m)| {
                 let node = self.clone();
@@ -517,7 +618,10 @@ impl Node {
         let mut out = Vec::new();
         for p in &pins {
             let mut map = BTreeMap::new();
-            map.insert(self.me().to_string(), self.local_view(Some(p), mine.get(&p.cid)));
+            map.insert(
+                self.me().to_string(),
+                self.local_view(Some(p), mine.get(&p.cid)),
+            );
             for (id, m, r) in &remote {
                 let info = match r {
                     Ok(sts) => {
@@ -532,7 +636,9 @@ impl Node {
                             ipfs_peer_id: id.clone(),
                             ipfs_peer_addresses: vec![PeerAddr::multiaddr(&m.addr, id)],
                             status,
-                            timestamp: local.map(|l| l.timestamp.clone()).unwrap_or_else(now_rfc3339),
+                            timestamp: local
+                                .map(|l| l.timestamp.clone())
+                                .unwrap_or_else(now_rfc3339),
                             error: local.map(|l| l.error.clone()).unwrap_or_default(),
                             attempt_count: local.map(|l| l.attempt_count).unwrap_or(0),
                             priority_pin: false,
@@ -551,17 +657,20 @@ impl Node {
     pub async fn recover_local(&self, cid: &str) -> Result<PeerPinInfo, NodeError> {
         let k = cid.to_string();
         let requeued = self
-            .db(move |s| {
-                match s.local_status(&k)? {
-                    Some(mut l) if matches!(l.status, TrackerStatus::PinError | TrackerStatus::UnpinError) => {
-                        l.status = TrackerStatus::PinQueued;
-                        l.retry_at = 0;
-                        l.timestamp = now_rfc3339();
-                        s.set_local_status(&k, Some(&l))?;
-                        Ok(true)
-                    }
-                    _ => Ok(false),
+            .db(move |s| match s.local_status(&k)? {
+                Some(mut l)
+                    if matches!(
+                        l.status,
+                        TrackerStatus::PinError | TrackerStatus::UnpinError
+                    ) =>
+                {
+                    l.status = TrackerStatus::PinQueued;
+                    l.retry_at = 0;
+                    l.timestamp = now_rfc3339();
+                    s.set_local_status(&k, Some(&l))?;
+                    Ok(true)
                 }
+                _ => Ok(false),
             })
             .await?;
         if requeued {
@@ -599,6 +708,13 @@ impl Node {
         now_millis()
     }
 }
+
+/// One peer's answer to "all your local statuses", with what we know of the peer.
+type RemoteStatuses = (
+    String,
+    Member,
+    Result<HashMap<String, LocalStatus>, PeerError>,
+);
 
 /// Blocks for DAG readers come from the node: local store first, then peers, always verified.
 pub struct NodeBlocks(pub Arc<Node>);

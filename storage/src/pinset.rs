@@ -109,10 +109,7 @@ impl TrackerStatus {
     /// Whether `filter` (a Cluster `?filter=` word) selects this status.
     pub fn matches(self, filter: &str) -> bool {
         match filter {
-            "error" => matches!(
-                self,
-                Self::PinError | Self::UnpinError | Self::ClusterError
-            ),
+            "error" => matches!(self, Self::PinError | Self::UnpinError | Self::ClusterError),
             "queued" => matches!(self, Self::PinQueued | Self::UnpinQueued),
             f => self.as_str() == f,
         }
@@ -247,7 +244,10 @@ mod tests {
 
     #[test]
     fn everywhere_is_an_empty_allocation() {
-        assert_eq!(allocate("c", -1, -1, &[], &peers(3), "peer0").unwrap(), Vec::<String>::new());
+        assert_eq!(
+            allocate("c", -1, -1, &[], &peers(3), "peer0").unwrap(),
+            Vec::<String>::new()
+        );
     }
 
     #[test]
@@ -276,7 +276,11 @@ mod tests {
         let cur = vec!["peer3".to_string(), "peer2".to_string()];
         assert_eq!(allocate("c", 2, 3, &cur, &live, "peer0").unwrap(), cur);
         // A dead allocation is replaced, the live one kept.
-        let live = vec!["peer0".to_string(), "peer1".to_string(), "peer2".to_string()];
+        let live = vec![
+            "peer0".to_string(),
+            "peer1".to_string(),
+            "peer2".to_string(),
+        ];
         let a = allocate("c", 2, 2, &cur, &live, "peer0").unwrap();
         assert_eq!(a, vec!["peer2".to_string(), "peer0".to_string()]);
     }
@@ -298,11 +302,30 @@ mod tests {
 
     #[test]
     fn clocks_order_by_time_then_counter_then_origin() {
-        let a = Clock { millis: 1, counter: 0, origin: "b".into() };
-        let b = Clock { millis: 1, counter: 1, origin: "a".into() };
-        let c = Clock { millis: 2, counter: 0, origin: "a".into() };
+        let a = Clock {
+            millis: 1,
+            counter: 0,
+            origin: "b".into(),
+        };
+        let b = Clock {
+            millis: 1,
+            counter: 1,
+            origin: "a".into(),
+        };
+        let c = Clock {
+            millis: 2,
+            counter: 0,
+            origin: "a".into(),
+        };
         assert!(a < b && b < c);
-        let t = Clock::tick(&Clock { millis: u64::MAX - 1, counter: 3, origin: "z".into() }, "me");
+        let t = Clock::tick(
+            &Clock {
+                millis: u64::MAX - 1,
+                counter: 3,
+                origin: "z".into(),
+            },
+            "me",
+        );
         assert_eq!((t.millis, t.counter), (u64::MAX - 1, 4));
     }
 }

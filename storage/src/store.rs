@@ -110,7 +110,9 @@ impl Store {
     /// read back): `fill` gets a `put` function; everything it puts commits together or not at all.
     pub fn put_blocks_with(
         &self,
-        fill: impl FnOnce(&mut dyn FnMut(&Cid, &[u8]) -> Result<(), StoreError>) -> Result<(), StoreError>,
+        fill: impl FnOnce(
+            &mut dyn FnMut(&Cid, &[u8]) -> Result<(), StoreError>,
+        ) -> Result<(), StoreError>,
     ) -> Result<(), StoreError> {
         let tx = self.db.begin_write()?;
         {
@@ -384,7 +386,10 @@ mod tests {
             s.get_block(&root.cid),
             Err(StoreError::Corrupt { .. })
         ));
-        assert!(s.get_block(&root.cid).unwrap().is_none(), "corrupt block dropped");
+        assert!(
+            s.get_block(&root.cid).unwrap().is_none(),
+            "corrupt block dropped"
+        );
     }
 
     #[test]

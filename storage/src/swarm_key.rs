@@ -25,7 +25,10 @@ pub enum SwarmKeyError {
     #[error("swarm key: expected 64 hex digits (32 bytes), found {0}")]
     BadKey(String),
     #[error("swarm key: cannot read {path}: {source}")]
-    Io { path: String, source: std::io::Error },
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
 }
 
 /// A 32-byte pre-shared key. Debug and Display print only its fingerprint, never the key.
@@ -36,7 +39,9 @@ pub struct SwarmKey {
 
 impl SwarmKey {
     pub fn generate() -> Self {
-        Self { key: rand::random() }
+        Self {
+            key: rand::random(),
+        }
     }
 
     pub fn parse(text: &str) -> Result<Self, SwarmKeyError> {
@@ -124,7 +129,10 @@ mod tests {
 
     #[test]
     fn rejects_malformed_keys() {
-        assert!(matches!(SwarmKey::parse("nope"), Err(SwarmKeyError::BadHeader(_))));
+        assert!(matches!(
+            SwarmKey::parse("nope"),
+            Err(SwarmKeyError::BadHeader(_))
+        ));
         assert!(matches!(
             SwarmKey::parse("/key/swarm/psk/1.0.0/\n/base64/\nabc"),
             Err(SwarmKeyError::BadEncoding(_))
@@ -134,7 +142,10 @@ mod tests {
             Err(SwarmKeyError::BadKey(_))
         ));
         assert!(matches!(
-            SwarmKey::parse(&format!("/key/swarm/psk/1.0.0/\n/base16/\n{}", "zz".repeat(32))),
+            SwarmKey::parse(&format!(
+                "/key/swarm/psk/1.0.0/\n/base16/\n{}",
+                "zz".repeat(32)
+            )),
             Err(SwarmKeyError::BadKey(_))
         ));
     }

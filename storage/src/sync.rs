@@ -27,8 +27,11 @@ pub async fn run(node: Arc<Node>) {
 }
 
 async fn round(node: &Arc<Node>) {
-    let mut targets: Vec<(Option<String>, String)> =
-        node.members().into_iter().map(|(id, m)| (Some(id), m.addr)).collect();
+    let mut targets: Vec<(Option<String>, String)> = node
+        .members()
+        .into_iter()
+        .map(|(id, m)| (Some(id), m.addr))
+        .collect();
     targets.extend(node.pending_addrs().into_iter().map(|a| (None, a)));
     let calls = targets.into_iter().map(|(id, addr)| {
         let node = node.clone();
@@ -69,9 +72,14 @@ async fn pull(node: &Arc<Node>, id: &str, addr: &str) -> Result<(), crate::node:
             .await
             .map_err(|e| crate::node::NodeError::Io(e.to_string()))?;
         if page.epoch != w.epoch {
-            w = Watermark { epoch: page.epoch, seq: 0 };
+            w = Watermark {
+                epoch: page.epoch,
+                seq: 0,
+            };
         }
-        let Some(last) = page.entries.last().map(|(s, _)| *s) else { break };
+        let Some(last) = page.entries.last().map(|(s, _)| *s) else {
+            break;
+        };
         let entries: Vec<PinEntry> = page.entries.into_iter().map(|(_, e)| e).collect();
         let changed = node.merge(entries).await?;
         if !changed.is_empty() {
@@ -107,12 +115,34 @@ async fn repin_lost(node: &Arc<Node>, after: Duration) -> Result<(), crate::node
         if !p.allocations.iter().any(|a| lost.contains(&a)) {
             continue;
         }
-        let keep: Vec<String> = p.allocations.iter().filter(|a| !lost.contains(a)).cloned().collect();
-        match allocate(&p.cid, p.replication_factor_min, p.replication_factor_max, &keep, &live, node.me()) {
+        let keep: Vec<String> = p
+            .allocations
+            .iter()
+            .filter(|a| !lost.contains(a))
+            .cloned()
+            .collect();
+        match allocate(
+            &p.cid,
+            p.replication_factor_min,
+            p.replication_factor_max,
+            &keep,
+            &live,
+            node.me(),
+        ) {
             Ok(allocs) if allocs != p.allocations => {
-                let cid = p.cid.parse().map_err(|e| crate::node::NodeError::Invalid(format!("{e}")))?;
+                let cid = p
+                    .cid
+                    .parse()
+                    .map_err(|e| crate::node::NodeError::Invalid(format!("{e}")))?;
                 // `pin` keeps the live allocations and replaces the lost ones, as computed above.
-                let e = node.pin(&cid, Some(p.name.clone()), Some(p.replication_factor_min), Some(p.replication_factor_max)).await?;
+                let e = node
+                    .pin(
+                        &cid,
+                        Some(p.name.clone()),
+                        Some(p.replication_factor_min),
+                        Some(p.replication_factor_max),
+                    )
+                    .await?;
                 tracing::warn!(cid = %p.cid, from = ?p.allocations, to = ?e.allocations, "re-allocated the pin of a peer down for longer than repin_after");
             }
             Ok(_) => {}

@@ -27,9 +27,18 @@ pub async fn run(node: Arc<Node>) {
     }
 }
 
-async fn reconcile(node: &Arc<Node>, inflight: &Arc<Mutex<HashSet<String>>>) -> Result<(), crate::node::NodeError> {
-    let pins: HashMap<String, PinEntry> = node.db(|s| s.all_pins()).await?.into_iter().map(|p| (p.cid.clone(), p)).collect();
-    let locals: HashMap<String, LocalStatus> = node.db(|s| s.local_statuses()).await?.into_iter().collect();
+async fn reconcile(
+    node: &Arc<Node>,
+    inflight: &Arc<Mutex<HashSet<String>>>,
+) -> Result<(), crate::node::NodeError> {
+    let pins: HashMap<String, PinEntry> = node
+        .db(|s| s.all_pins())
+        .await?
+        .into_iter()
+        .map(|p| (p.cid.clone(), p))
+        .collect();
+    let locals: HashMap<String, LocalStatus> =
+        node.db(|s| s.local_statuses()).await?.into_iter().collect();
     let now = now_millis();
     // Drop what is no longer ours.
     for cid in locals.keys() {
@@ -77,21 +86,37 @@ async fn pin_one(node: &Arc<Node>, cid: &str, prev: Option<LocalStatus>) {
     st.attempt_count = attempts;
     let _ = set(node, cid, st.clone()).await;
     let result = match cid.parse::<Cid>() {
-        Ok(c) => match tokio::time::timeout(node.cfg.cluster.pin_timeout, node.fetch_dag(c)).await {
-            Ok(r) => r.map_err(|e| e.to_string()),
-            Err(_) => Err(format!("pin timed out after {:?}", node.cfg.cluster.pin_timeout)),
-        },
+        Ok(c) => {
+            match tokio::time::timeout(node.cfg.cluster.pin_timeout, node.fetch_dag(c)).await {
+                Ok(r) => r.map_err(|e| e.to_string()),
+                Err(_) => Err(format!(
+                    "pin timed out after {:?}",
+                    node.cfg.cluster.pin_timeout
+                )),
+            }
+        }
         Err(e) => Err(format!("invalid cid: {e}")),
     };
     // The pin may have been removed or re-allocated meanwhile: only record if still ours.
-    let still_ours = node.pin_entry(cid).await.ok().flatten().is_some_and(|p| p.allocated_to(node.me()));
+    let still_ours = node
+        .pin_entry(cid)
+        .await
+        .ok()
+        .flatten()
+        .is_some_and(|p| p.allocated_to(node.me()));
     if !still_ours {
         return;
     }
     let st = match result {
         Ok(bytes) => {
             tracing::info!(%cid, bytes, "pinned locally");
-            LocalStatus { status: TrackerStatus::Pinned, error: String::new(), attempt_count: attempts + 1, timestamp: now_rfc3339(), retry_at: 0 }
+            LocalStatus {
+                status: TrackerStatus::Pinned,
+                error: String::new(),
+                attempt_count: attempts + 1,
+                timestamp: now_rfc3339(),
+                retry_at: 0,
+            }
         }
         Err(error) => {
             let n = attempts + 1;
@@ -101,7 +126,13 @@ async fn pin_one(node: &Arc<Node>, cid: &str, prev: Option<LocalStatus>) {
                 node.cfg.cluster.pin_recover_interval
             };
             tracing::warn!(%cid, %error, attempt = n, retry_in = ?wait, "pin failed");
-            LocalStatus { status: TrackerStatus::PinError, error, attempt_count: n, timestamp: now_rfc3339(), retry_at: now_millis() + wait.as_millis() as u64 }
+            LocalStatus {
+                status: TrackerStatus::PinError,
+                error,
+                attempt_count: n,
+                timestamp: now_rfc3339(),
+                retry_at: now_millis() + wait.as_millis() as u64,
+            }
         }
     };
     let _ = set(node, cid, st).await;

@@ -1,1 +1,308 @@
-//! End-to-end tests live in tests/tests/.
+//! Harness for end-to-end tests: builds the workspace binaries once, starts real node processes on
+//! free loopback ports, waits for conditions with bounded polling, and kills everything on drop.
+#![forbid(unsafe_code)]
+
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// Directory holding the workspace binaries of the profile these tests were built with.
+pub fn bin_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        // target/<profile>/deps/<test-exe> → target/<profile>
+        let exe = std::env::current_exe().expect("current exe");
+        let dir = exe
+            .parent()
+            .and_then(Path::parent)
+            .expect("target dir")
+            .to_path_buf();
+        let release = dir.file_name().is_some_and(|n| n == "release");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "--quiet", "--bins", "-p", "storage"]);
+        if release {
+            cmd.arg("--release");
+        }
+        let st = cmd.status().expect("run cargo build");
+        assert!(st.success(), "building the binaries failed");
+        dir
+    })
+}
+
+pub fn storage_bin() -> PathBuf {
+    bin_dir().join("storage")
+}
+
+/// A port that was free a moment ago on `ip`.
+pub fn free_port(ip: &str) -> u16 {
+    TcpListener::bind((ip, 0))
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+fn addr(ip: &str) -> SocketAddr {
+    format!("{ip}:{}", free_port(ip)).parse().expect("addr")
+}
+
+/// Polls `f` every 50–250 ms until it returns `Some`, for at most `limit`.
+pub async fn wait_for<T, F, Fut>(what: &str, limit: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let start = Instant::now();
+    let mut delay = Duration::from_millis(50);
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_millis(250));
+    }
+}
+
+pub struct NodeProc {
+    pub name: String,
+    pub data: PathBuf,
+    pub rpc: SocketAddr,
+    pub gateway: SocketAddr,
+    pub cluster: SocketAddr,
+    pub peer: SocketAddr,
+    pub log: PathBuf,
+    child: Option<Child>,
+}
+
+impl NodeProc {
+    /// `storage init` a node in `root/name` with fresh loopback ports.
+    pub fn init(root: &Path, name: &str, key: &Path, extra: &[String]) -> Self {
+        let ip = "127.0.0.1";
+        let n = Self {
+            name: name.into(),
+            data: root.join(name),
+            rpc: addr(ip),
+            gateway: addr(ip),
+            cluster: addr(ip),
+            peer: addr(ip),
+            log: root.join(format!("{name}.log")),
+            child: None,
+        };
+        let mut args: Vec<String> = vec![
+            "init".into(),
+            "--data".into(),
+            n.data.display().to_string(),
+            "--swarm-key".into(),
+            key.display().to_string(),
+            "--peername".into(),
+            name.into(),
+            "--rpc".into(),
+            n.rpc.to_string(),
+            "--gateway".into(),
+            n.gateway.to_string(),
+            "--cluster".into(),
+            n.cluster.to_string(),
+            "--peer-listen".into(),
+            n.peer.to_string(),
+        ];
+        args.extend(extra.iter().cloned());
+        let out = run(&storage_bin(), &args);
+        assert!(
+            out.status.success(),
+            "init failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        n
+    }
+
+    pub fn start(&mut self) {
+        assert!(self.child.is_none(), "{} already running", self.name);
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("log file");
+        let child = Command::new(storage_bin())
+            .args(["daemon", "--data"])
+            .arg(&self.data)
+            .env("STORAGE_LOG", "info,storage=debug")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn daemon");
+        self.child = Some(child);
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_none())
+    }
+
+    pub fn peer_id(&self) -> String {
+        let text = std::fs::read_to_string(self.data.join("identity.json")).expect("identity");
+        let v: serde_json::Value = serde_json::from_str(&text).expect("json");
+        v["PeerID"].as_str().expect("PeerID").to_string()
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Runs a client command against this node.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        let mut all = vec![
+            "--api".to_string(),
+            self.rpc.to_string(),
+            "--cluster-api".into(),
+            self.cluster.to_string(),
+        ];
+        all.extend(args.iter().map(|s| s.to_string()));
+        run(&storage_bin(), &all)
+    }
+
+    pub fn rpc_url(&self, cmd: &str) -> String {
+        format!("http://{}/api/v0/{cmd}", self.rpc)
+    }
+
+    pub fn cluster_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.cluster)
+    }
+
+    pub fn gateway_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.gateway)
+    }
+
+    pub async fn wait_ready(&self) {
+        let url = self.rpc_url("id");
+        let c = http();
+        wait_for(
+            &format!("{} to answer", self.name),
+            Duration::from_secs(20),
+            || {
+                let req = c.post(&url).send();
+                async move {
+                    req.await
+                        .ok()
+                        .filter(|r| r.status().is_success())
+                        .map(|_| ())
+                }
+            },
+        )
+        .await;
+    }
+}
+
+impl Drop for NodeProc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+pub fn run(bin: &Path, args: &[String]) -> Output {
+    Command::new(bin).args(args).output().expect("run command")
+}
+
+pub fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("client")
+}
+
+/// A cluster of nodes sharing one swarm key, node 0 bootstrapping the others.
+pub struct Cluster {
+    pub dir: tempfile::TempDir,
+    pub key: PathBuf,
+    pub nodes: Vec<NodeProc>,
+}
+
+impl Cluster {
+    pub fn key_file(dir: &Path, name: &str) -> PathBuf {
+        let out = Command::new(storage_bin())
+            .arg("keygen")
+            .output()
+            .expect("keygen");
+        assert!(out.status.success());
+        let p = dir.join(name);
+        std::fs::write(&p, out.stdout).expect("write key");
+        p
+    }
+
+    pub async fn start(n: usize, extra: &[&str]) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = Self::key_file(dir.path(), "swarm.key");
+        let extra: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let mut nodes: Vec<NodeProc> = Vec::new();
+        for i in 0..n {
+            let mut args = extra.clone();
+            if i > 0 {
+                args.extend(["--bootstrap".to_string(), nodes[0].peer.to_string()]);
+            }
+            nodes.push(NodeProc::init(
+                dir.path(),
+                &format!("node{}", i + 1),
+                &key,
+                &args,
+            ));
+        }
+        for node in nodes.iter_mut() {
+            node.start();
+        }
+        for node in &nodes {
+            node.wait_ready().await;
+        }
+        let c = Self { dir, key, nodes };
+        c.wait_members(n).await;
+        c
+    }
+
+    /// Waits until every running node sees `n` live peers (itself included).
+    pub async fn wait_members(&self, n: usize) {
+        for node in &self.nodes {
+            let url = node.cluster_url("/peers");
+            let c = http();
+            wait_for(
+                &format!("{} to see {n} live peers", node.name),
+                Duration::from_secs(20),
+                || {
+                    let req = c.get(&url).send();
+                    async move {
+                        let text = req.await.ok()?.text().await.ok()?;
+                        let live = text
+                            .lines()
+                            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                            .filter(|v| v["error"].as_str() == Some(""))
+                            .count();
+                        (live == n).then_some(())
+                    }
+                },
+            )
+            .await;
+        }
+    }
+}
+
+/// Deterministic pseudo-random bytes for test files.
+pub fn test_bytes(len: usize, seed: u64) -> Vec<u8> {
+    use rand::{RngCore, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let mut v = vec![0u8; len];
+    rng.fill_bytes(&mut v);
+    v
+}

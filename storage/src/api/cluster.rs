@@ -27,7 +27,12 @@ type Res = Result<Response, Cluster>;
 pub fn router(node: Arc<Node>) -> Router {
     Router::new()
         .route("/id", get(id))
-        .route("/version", get(|| async { Json(json!({ "version": format!("{CLUSTER_COMPAT_VERSION}+{AGENT}") })) }))
+        .route(
+            "/version",
+            get(|| async {
+                Json(json!({ "version": format!("{CLUSTER_COMPAT_VERSION}+{AGENT}") }))
+            }),
+        )
         .route("/peers", get(peers))
         .route("/add", post(add))
         .route("/pins", get(list_pins))
@@ -38,7 +43,12 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/allocations", get(allocations))
         .route("/allocations/{cid}", get(allocation))
         .route("/health", get(|| async { StatusCode::NO_CONTENT }))
-        .fallback(|| async { (StatusCode::NOT_FOUND, Json(json!({ "code": 404, "message": "Not Found" }))) })
+        .fallback(|| async {
+            (
+                StatusCode::NOT_FOUND,
+                Json(json!({ "code": 404, "message": "Not Found" })),
+            )
+        })
         .layer(axum::extract::DefaultBodyLimit::disable())
         .with_state(node)
 }
@@ -64,7 +74,14 @@ fn pin_json(e: &PinEntry) -> Value {
     })
 }
 
-fn id_json(node: &Node, id: &str, addr: &str, peername: &str, error: &str, cluster_peers: &[String]) -> Value {
+fn id_json(
+    node: &Node,
+    id: &str,
+    addr: &str,
+    peername: &str,
+    error: &str,
+    cluster_peers: &[String],
+) -> Value {
     let ma = PeerAddr::multiaddr(addr, id);
     json!({
         "id": id, "addresses": [ma], "cluster_peers": cluster_peers,
@@ -83,12 +100,26 @@ fn cluster_peers(node: &Node) -> Vec<String> {
 }
 
 async fn id(State(node): State<Arc<Node>>) -> Json<Value> {
-    Json(id_json(&node, node.me(), &node.cfg.advertise(), &node.peername(), "", &cluster_peers(&node)))
+    Json(id_json(
+        &node,
+        node.me(),
+        &node.cfg.advertise(),
+        &node.peername(),
+        "",
+        &cluster_peers(&node),
+    ))
 }
 
 async fn peers(State(node): State<Arc<Node>>) -> Response {
     let all = cluster_peers(&node);
-    let mut out = vec![id_json(&node, node.me(), &node.cfg.advertise(), &node.peername(), "", &all)];
+    let mut out = vec![id_json(
+        &node,
+        node.me(),
+        &node.cfg.advertise(),
+        &node.peername(),
+        "",
+        &all,
+    )];
     let mut ms: Vec<_> = node.members().into_iter().collect();
     ms.sort_by(|a, b| a.0.cmp(&b.0));
     for (id, m) in ms {
@@ -106,7 +137,12 @@ async fn peers(State(node): State<Arc<Node>>) -> Response {
 
 fn replication(q: &Q) -> Result<(Option<i32>, Option<i32>), ApiError> {
     let p = |name: &str| -> Result<Option<i32>, ApiError> {
-        q.0.get(name).map(|v| v.parse::<i32>().map_err(|_| ApiError::bad(format!("invalid {name} {v:?}")))).transpose()
+        q.0.get(name)
+            .map(|v| {
+                v.parse::<i32>()
+                    .map_err(|_| ApiError::bad(format!("invalid {name} {v:?}")))
+            })
+            .transpose()
     };
     let both = p("replication")?;
     let min = p("replication-min")?.or(both);
@@ -114,12 +150,26 @@ fn replication(q: &Q) -> Result<(Option<i32>, Option<i32>), ApiError> {
     Ok((min, max))
 }
 
-async fn add(State(node): State<Arc<Node>>, q: Q, mp: Result<Multipart, axum::extract::multipart::MultipartRejection>) -> Res {
+async fn add(
+    State(node): State<Arc<Node>>,
+    q: Q,
+    mp: Result<Multipart, axum::extract::multipart::MultipartRejection>,
+) -> Res {
     let get = |k: &str| q.0.get(k).map(String::as_str);
-    let opts = add_options(get("cid-version"), get("raw-leaves"), get("chunker"), get("hash"))?;
-    let no_pin = get("no-pin").map(|v| parse_bool("no-pin", v)).transpose()?.unwrap_or(false);
+    let opts = add_options(
+        get("cid-version"),
+        get("raw-leaves"),
+        get("chunker"),
+        get("hash"),
+    )?;
+    let no_pin = get("no-pin")
+        .map(|v| parse_bool("no-pin", v))
+        .transpose()?
+        .unwrap_or(false);
     let (min, max) = replication(&q)?;
-    let mp = mp.map_err(|_| ApiError::bad("a multipart/form-data body with at least one file is required"))?;
+    let mp = mp.map_err(|_| {
+        ApiError::bad("a multipart/form-data body with at least one file is required")
+    })?;
     let added = ingest_multipart(&node, mp, opts, false).await?;
     let mut out = Vec::new();
     for a in added {
@@ -151,7 +201,10 @@ async fn unpin(State(node): State<Arc<Node>>, Path(cid): Path<String>) -> Res {
 }
 
 fn local(q: &Q) -> Result<bool, ApiError> {
-    q.0.get("local").map(|v| parse_bool("local", v)).transpose().map(|v| v.unwrap_or(false))
+    q.0.get("local")
+        .map(|v| parse_bool("local", v))
+        .transpose()
+        .map(|v| v.unwrap_or(false))
 }
 
 async fn get_pin(State(node): State<Arc<Node>>, Path(cid): Path<String>, q: Q) -> Res {
@@ -161,19 +214,39 @@ async fn get_pin(State(node): State<Arc<Node>>, Path(cid): Path<String>, q: Q) -
 }
 
 async fn list_pins(State(node): State<Arc<Node>>, q: Q) -> Res {
-    let filters: Vec<String> = q.0.get("filter").map(|f| f.split(',').map(|s| s.trim().to_string()).filter(|s| !s.is_empty()).collect()).unwrap_or_default();
-    if let Some(bad) = filters.iter().find(|f| !TrackerStatus::FILTER_WORDS.contains(&f.as_str())) {
+    let filters: Vec<String> =
+        q.0.get("filter")
+            .map(|f| {
+                f.split(',')
+                    .map(|s| s.trim().to_string())
+                    .filter(|s| !s.is_empty())
+                    .collect()
+            })
+            .unwrap_or_default();
+    if let Some(bad) = filters
+        .iter()
+        .find(|f| !TrackerStatus::FILTER_WORDS.contains(&f.as_str()))
+    {
         return Err(ApiError::bad(format!("invalid filter value: {bad}")).into());
     }
-    let cids: Option<Vec<String>> = q.0.get("cids").map(|c| c.split(',').map(str::to_string).collect());
+    let cids: Option<Vec<String>> =
+        q.0.get("cids")
+            .map(|c| c.split(',').map(str::to_string).collect());
     let mut all: Vec<GlobalPinInfo> = node.status_all(local(&q)?).await?;
     if let Some(c) = &cids {
         all.retain(|g| c.contains(&g.cid));
     }
     if !filters.is_empty() {
-        all.retain(|g| g.peer_map.values().any(|p| filters.iter().any(|f| p.status.matches(f))));
+        all.retain(|g| {
+            g.peer_map
+                .values()
+                .any(|p| filters.iter().any(|f| p.status.matches(f)))
+        });
     }
-    let items: Vec<Value> = all.iter().map(|g| serde_json::to_value(g).expect("json")).collect();
+    let items: Vec<Value> = all
+        .iter()
+        .map(|g| serde_json::to_value(g).expect("json"))
+        .collect();
     Ok(stream(&items))
 }
 
@@ -205,6 +278,10 @@ async fn allocation(State(node): State<Arc<Node>>, Path(cid): Path<String>) -> R
     let cid = parse_cid_path(&cid)?.to_string();
     match node.pin_entry(&cid).await? {
         Some(e) => Ok(Json(pin_json(&e)).into_response()),
-        None => Err(ApiError::new(super::error::Kind::NotPinned, "pin is not part of the pinset").into()),
+        None => Err(ApiError::new(
+            super::error::Kind::NotPinned,
+            "pin is not part of the pinset",
+        )
+        .into()),
     }
 }

@@ -30,16 +30,25 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(kind: Kind, message: impl Into<String>) -> Self {
-        Self { kind, message: message.into() }
+        Self {
+            kind,
+            message: message.into(),
+        }
     }
     pub fn bad(message: impl Into<String>) -> Self {
         Self::new(Kind::BadRequest, message)
     }
     pub fn missing_arg(name: &str) -> Self {
-        Self::new(Kind::KuboParse(StatusCode::BAD_REQUEST), format!("argument \"{name}\" is required"))
+        Self::new(
+            Kind::KuboParse(StatusCode::BAD_REQUEST),
+            format!("argument \"{name}\" is required"),
+        )
     }
     pub fn missing_file(name: &str) -> Self {
-        Self::new(Kind::KuboParse(StatusCode::BAD_REQUEST), format!("file argument '{name}' is required"))
+        Self::new(
+            Kind::KuboParse(StatusCode::BAD_REQUEST),
+            format!("file argument '{name}' is required"),
+        )
     }
 }
 
@@ -57,7 +66,10 @@ impl From<NodeError> for ApiError {
         if kind == Kind::Internal {
             tracing::error!(error = %e, "request failed");
         }
-        Self { kind, message: e.to_string() }
+        Self {
+            kind,
+            message: e.to_string(),
+        }
     }
 }
 
@@ -87,13 +99,22 @@ impl IntoResponse for Kubo {
         let ApiError { kind, message } = self.0;
         let (status, code) = match kind {
             Kind::KuboParse(s) => {
-                return (s, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], format!("{message}\n")).into_response()
+                return (
+                    s,
+                    [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+                    format!("{message}\n"),
+                )
+                    .into_response()
             }
             Kind::BadRequest => (StatusCode::BAD_REQUEST, 1),
             Kind::TooLarge => (StatusCode::PAYLOAD_TOO_LARGE, 1),
             _ => (StatusCode::INTERNAL_SERVER_ERROR, 0),
         };
-        (status, Json(json!({ "Message": message, "Code": code, "Type": "error" }))).into_response()
+        (
+            status,
+            Json(json!({ "Message": message, "Code": code, "Type": "error" })),
+        )
+            .into_response()
     }
 }
 
@@ -117,8 +138,16 @@ impl IntoResponse for Cluster {
             Kind::Unavailable | Kind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             Kind::KuboParse(s) => s,
         };
-        let message = if kind == Kind::NotPinned { "pin is not part of the pinset".to_string() } else { message };
-        (status, Json(json!({ "code": status.as_u16(), "message": message }))).into_response()
+        let message = if kind == Kind::NotPinned {
+            "pin is not part of the pinset".to_string()
+        } else {
+            message
+        };
+        (
+            status,
+            Json(json!({ "code": status.as_u16(), "message": message })),
+        )
+            .into_response()
     }
 }
 
@@ -143,6 +172,11 @@ impl IntoResponse for Gateway {
             Kind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
             Kind::KuboParse(s) => s,
         };
-        (status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], format!("{message}\n")).into_response()
+        (
+            status,
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            format!("{message}\n"),
+        )
+            .into_response()
     }
 }

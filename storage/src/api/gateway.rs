@@ -34,24 +34,48 @@ async fn serve(
     let mut parts = path.splitn(2, '/');
     let cid_str = parts.next().unwrap_or_default();
     let rest = parts.next().unwrap_or("");
-    let cid = parse_cid_path(cid_str).map_err(|e| ApiError::bad(format!("invalid CID {cid_str:?}: {e}")))?;
+    let cid = parse_cid_path(cid_str)
+        .map_err(|e| ApiError::bad(format!("invalid CID {cid_str:?}: {e}")))?;
     if !rest.is_empty() {
-        return Err(ApiError::new(Kind::NotImplemented, "paths inside a DAG are not supported: request /ipfs/{cid} of a file").into());
+        return Err(ApiError::new(
+            Kind::NotImplemented,
+            "paths inside a DAG are not supported: request /ipfs/{cid} of a file",
+        )
+        .into());
     }
     let raw = q.get("format").map(String::as_str) == Some("raw")
-        || headers.get(header::ACCEPT).and_then(|a| a.to_str().ok()).is_some_and(|a| a.contains("application/vnd.ipld.raw"));
-    let etag = if raw { format!("\"{cid}.raw\"") } else { format!("\"{cid}\"") };
-    if headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()).is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*")) {
+        || headers
+            .get(header::ACCEPT)
+            .and_then(|a| a.to_str().ok())
+            .is_some_and(|a| a.contains("application/vnd.ipld.raw"));
+    let etag = if raw {
+        format!("\"{cid}.raw\"")
+    } else {
+        format!("\"{cid}\"")
+    };
+    if headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim() == etag || t.trim() == "*"))
+    {
         let mut r = StatusCode::NOT_MODIFIED.into_response();
         common_headers(&mut r, &cid, &etag);
         return Ok(r);
     }
     let root = node.get_block(&cid).await?;
     if raw {
-        let mut r = Response::new(if method == Method::HEAD { Body::empty() } else { Body::from(root.clone()) });
+        let mut r = Response::new(if method == Method::HEAD {
+            Body::empty()
+        } else {
+            Body::from(root.clone())
+        });
         common_headers(&mut r, &cid, &etag);
         set_header(&mut r, "content-type", "application/vnd.ipld.raw");
-        set_header(&mut r, "content-disposition", &format!("attachment; filename=\"{cid}.bin\""));
+        set_header(
+            &mut r,
+            "content-disposition",
+            &format!("attachment; filename=\"{cid}.bin\""),
+        );
         set_header(&mut r, "x-content-type-options", "nosniff");
         set_header(&mut r, "content-length", &root.len().to_string());
         return Ok(r);
@@ -59,8 +83,18 @@ async fn serve(
     let size = match unixfs::node_kind(&cid, &root)? {
         NodeKind::RawLeaf => root.len() as u64,
         NodeKind::File { size } => size,
-        NodeKind::Directory => return Err(ApiError::new(Kind::NotImplemented, "directory listings are not supported").into()),
-        NodeKind::Other(t) => return Err(ApiError::new(Kind::NotImplemented, format!("cannot serve a UnixFS {t:?} node")).into()),
+        NodeKind::Directory => {
+            return Err(
+                ApiError::new(Kind::NotImplemented, "directory listings are not supported").into(),
+            )
+        }
+        NodeKind::Other(t) => {
+            return Err(ApiError::new(
+                Kind::NotImplemented,
+                format!("cannot serve a UnixFS {t:?} node"),
+            )
+            .into())
+        }
     };
     let range = match headers.get(header::RANGE).and_then(|v| v.to_str().ok()) {
         None => None,
@@ -77,8 +111,16 @@ async fn serve(
     let (start, len) = range.map(|(a, b)| (a, b - a + 1)).unwrap_or((0, size));
     let src: Arc<dyn unixfs::BlockSource> = Arc::new(NodeBlocks(node.clone()));
     // Sniff the type from the first bytes (one leaf at most).
-    let head = if size == 0 { bytes::Bytes::new() } else { first_bytes(src.clone(), cid, 512.min(size)).await? };
-    let body = if method == Method::HEAD { Body::empty() } else { Body::from_stream(unixfs::read_range(src, cid, start, Some(len))) };
+    let head = if size == 0 {
+        bytes::Bytes::new()
+    } else {
+        first_bytes(src.clone(), cid, 512.min(size)).await?
+    };
+    let body = if method == Method::HEAD {
+        Body::empty()
+    } else {
+        Body::from_stream(unixfs::read_range(src, cid, start, Some(len)))
+    };
     let mut r = Response::new(body);
     common_headers(&mut r, &cid, &etag);
     set_header(&mut r, "content-type", sniff(&head));
@@ -91,7 +133,11 @@ async fn serve(
     Ok(r)
 }
 
-async fn first_bytes(src: Arc<dyn unixfs::BlockSource>, cid: Cid, n: u64) -> Result<bytes::Bytes, ApiError> {
+async fn first_bytes(
+    src: Arc<dyn unixfs::BlockSource>,
+    cid: Cid,
+    n: u64,
+) -> Result<bytes::Bytes, ApiError> {
     use futures::StreamExt;
     let mut s = unixfs::read_range(src, cid, 0, Some(n));
     let mut out = Vec::new();
@@ -118,11 +164,15 @@ enum RangeSpec {
 }
 
 fn parse_range(spec: &str, size: u64) -> RangeSpec {
-    let Some(r) = spec.trim().strip_prefix("bytes=") else { return RangeSpec::Ignore };
+    let Some(r) = spec.trim().strip_prefix("bytes=") else {
+        return RangeSpec::Ignore;
+    };
     if r.contains(',') {
         return RangeSpec::Ignore;
     }
-    let Some((a, b)) = r.split_once('-') else { return RangeSpec::Ignore };
+    let Some((a, b)) = r.split_once('-') else {
+        return RangeSpec::Ignore;
+    };
     let (a, b) = (a.trim(), b.trim());
     let parsed = match (a.parse::<u64>(), b.parse::<u64>()) {
         (Ok(a), Ok(b)) if a <= b => Some((a, b.min(size.saturating_sub(1)))),
@@ -158,7 +208,11 @@ fn sniff(head: &[u8]) -> &'static str {
         // A multibyte character cut at the sniff boundary is still text.
         Err(e) => e.error_len().is_none() && e.valid_up_to() + 4 > head.len(),
     };
-    if text && !head.iter().any(|&b| b == 0 || (b < 0x20 && !matches!(b, b'\n' | b'\r' | b'\t' | 0x0c))) {
+    if text
+        && !head
+            .iter()
+            .any(|&b| b == 0 || (b < 0x20 && !matches!(b, b'\n' | b'\r' | b'\t' | 0x0c)))
+    {
         "text/plain; charset=utf-8"
     } else {
         "application/octet-stream"

@@ -39,7 +39,10 @@ where
                 tracing::warn!(error = %e, "stream failed after the answer started");
                 let mut t = http::HeaderMap::new();
                 let msg = e.to_string().replace(['\r', '\n'], " ");
-                t.insert("x-stream-error", HeaderValue::from_str(&msg).unwrap_or(HeaderValue::from_static("stream error")));
+                t.insert(
+                    "x-stream-error",
+                    HeaderValue::from_str(&msg).unwrap_or(HeaderValue::from_static("stream error")),
+                );
                 Ok(Frame::trailers(t))
             }
         })

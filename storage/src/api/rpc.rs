@@ -39,7 +39,13 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/api/v0/id", post(id))
         .route("/api/v0/version", post(version))
         .route("/api/v0/swarm/peers", post(swarm_peers))
-        .fallback(|| async { (StatusCode::NOT_FOUND, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], "404 page not found\n") })
+        .fallback(|| async {
+            (
+                StatusCode::NOT_FOUND,
+                [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+                "404 page not found\n",
+            )
+        })
         .layer(middleware::from_fn(kubo_transport))
         .layer(axum::extract::DefaultBodyLimit::disable())
         .with_state(node)
@@ -48,7 +54,9 @@ pub fn router(node: Arc<Node>) -> Router {
 /// go-ipfs-cmds transport rules: POST only (405 otherwise, 204 for OPTIONS), browser origins refused,
 /// and the headers every Kubo answer carries.
 async fn kubo_transport(req: Request, next: Next) -> Response {
-    let text = |s: StatusCode, m: &'static str| (s, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], m).into_response();
+    let text = |s: StatusCode, m: &'static str| {
+        (s, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], m).into_response()
+    };
     if req.uri().path().starts_with("/api/v0/") {
         if req.method() == Method::OPTIONS {
             return (StatusCode::NO_CONTENT, [(header::ALLOW, "POST")]).into_response();
@@ -56,7 +64,11 @@ async fn kubo_transport(req: Request, next: Next) -> Response {
         if req.method() != Method::POST {
             return text(StatusCode::METHOD_NOT_ALLOWED, "405 - Method Not Allowed\n");
         }
-        if let Some(origin) = req.headers().get(header::ORIGIN).and_then(|o| o.to_str().ok()) {
+        if let Some(origin) = req
+            .headers()
+            .get(header::ORIGIN)
+            .and_then(|o| o.to_str().ok())
+        {
             if !is_local_origin(origin) {
                 return text(StatusCode::FORBIDDEN, "403 - Forbidden\n");
             }
@@ -64,16 +76,26 @@ async fn kubo_transport(req: Request, next: Next) -> Response {
     }
     let mut resp = next.run(req).await;
     let h = resp.headers_mut();
-    h.insert("access-control-expose-headers", HeaderValue::from_static("X-Stream-Output, X-Chunked-Output, X-Content-Length"));
+    h.insert(
+        "access-control-expose-headers",
+        HeaderValue::from_static("X-Stream-Output, X-Chunked-Output, X-Content-Length"),
+    );
     h.insert(header::SERVER, HeaderValue::from_static(AGENT));
     if resp.status().is_success() {
-        resp.headers_mut().insert(header::TRAILER, HeaderValue::from_static("X-Stream-Error"));
+        resp.headers_mut()
+            .insert(header::TRAILER, HeaderValue::from_static("X-Stream-Error"));
     }
     resp
 }
 
 fn is_local_origin(origin: &str) -> bool {
-    let host = origin.split("://").nth(1).unwrap_or("").split('/').next().unwrap_or("");
+    let host = origin
+        .split("://")
+        .nth(1)
+        .unwrap_or("")
+        .split('/')
+        .next()
+        .unwrap_or("");
     let host = host.rsplit_once(':').map(|(h, _)| h).unwrap_or(host);
     matches!(host, "localhost" | "127.0.0.1" | "[::1]")
 }
@@ -83,11 +105,16 @@ fn opt<'a>(q: &'a Args, name: &str) -> Option<&'a str> {
 }
 
 fn flag(q: &Args, name: &str, default: bool) -> Result<bool, ApiError> {
-    opt(q, name).map(|v| parse_bool(name, v)).unwrap_or(Ok(default))
+    opt(q, name)
+        .map(|v| parse_bool(name, v))
+        .unwrap_or(Ok(default))
 }
 
 fn args(q: &Args) -> Vec<&str> {
-    q.0.iter().filter(|(k, _)| k == "arg").map(|(_, v)| v.as_str()).collect()
+    q.0.iter()
+        .filter(|(k, _)| k == "arg")
+        .map(|(_, v)| v.as_str())
+        .collect()
 }
 
 fn first_arg(q: &Args, name: &str) -> Result<Cid, ApiError> {
@@ -111,10 +138,23 @@ fn channel(lines: Bytes) -> Response {
     r
 }
 
-async fn add(State(node): State<Arc<Node>>, q: Args, mp: Result<Multipart, axum::extract::multipart::MultipartRejection>) -> Res {
-    let opts = add_options(opt(&q, "cid-version"), opt(&q, "raw-leaves"), opt(&q, "chunker"), opt(&q, "hash"))?;
+async fn add(
+    State(node): State<Arc<Node>>,
+    q: Args,
+    mp: Result<Multipart, axum::extract::multipart::MultipartRejection>,
+) -> Res {
+    let opts = add_options(
+        opt(&q, "cid-version"),
+        opt(&q, "raw-leaves"),
+        opt(&q, "chunker"),
+        opt(&q, "hash"),
+    )?;
     if flag(&q, "wrap-with-directory", false)? {
-        return Err(ApiError::new(super::error::Kind::NotImplemented, "wrap-with-directory is not supported").into());
+        return Err(ApiError::new(
+            super::error::Kind::NotImplemented,
+            "wrap-with-directory is not supported",
+        )
+        .into());
     }
     let only_hash = flag(&q, "only-hash", false)?;
     let pin = flag(&q, "pin", true)?;
@@ -123,7 +163,9 @@ async fn add(State(node): State<Arc<Node>>, q: Args, mp: Result<Multipart, axum:
     let mut events = Vec::new();
     for a in &added {
         if pin && !only_hash {
-            let name = opt(&q, "pin-name").map(str::to_string).or_else(|| Some(a.name.clone()));
+            let name = opt(&q, "pin-name")
+                .map(str::to_string)
+                .or_else(|| Some(a.name.clone()));
             node.pin(&a.root.cid, name, None, None).await?;
         }
         events.push(json!({ "Name": a.name, "Hash": a.root.cid.to_string(), "Size": a.root.cumulative_size.to_string() }));
@@ -135,7 +177,10 @@ async fn cat(State(node): State<Arc<Node>>, q: Args) -> Res {
     let cid = first_arg(&q, "ipfs-path")?;
     let num = |name: &str| -> Result<Option<i64>, ApiError> {
         opt(&q, name)
-            .map(|v| v.parse::<i64>().map_err(|_| ApiError::bad(format!("invalid {name} {v:?}"))))
+            .map(|v| {
+                v.parse::<i64>()
+                    .map_err(|_| ApiError::bad(format!("invalid {name} {v:?}")))
+            })
             .transpose()
     };
     let offset = num("offset")?.unwrap_or(0);
@@ -169,19 +214,36 @@ async fn block_get(State(node): State<Arc<Node>>, q: Args) -> Res {
 async fn block_stat(State(node): State<Arc<Node>>, q: Args) -> Res {
     let cid = first_arg(&q, "cid")?;
     let data = node.get_block(&cid).await?;
-    Ok(json_value(json!({ "Key": cid.to_string(), "Size": data.len() })))
+    Ok(json_value(
+        json!({ "Key": cid.to_string(), "Size": data.len() }),
+    ))
 }
 
-async fn block_put(State(node): State<Arc<Node>>, q: Args, mp: Result<Multipart, axum::extract::multipart::MultipartRejection>) -> Res {
+async fn block_put(
+    State(node): State<Arc<Node>>,
+    q: Args,
+    mp: Result<Multipart, axum::extract::multipart::MultipartRejection>,
+) -> Res {
     let (version, codec) = match (opt(&q, "format"), opt(&q, "cid-codec")) {
         (Some("v0"), _) | (Some("protobuf"), _) => (0, unixfs::DAG_PB),
-        (_, Some("dag-pb")) => (if opt(&q, "cid-version") == Some("0") { 0 } else { 1 }, unixfs::DAG_PB),
+        (_, Some("dag-pb")) => (
+            if opt(&q, "cid-version") == Some("0") {
+                0
+            } else {
+                1
+            },
+            unixfs::DAG_PB,
+        ),
         (_, None) | (_, Some("raw")) | (_, Some("")) => (1, unixfs::RAW),
-        (_, Some(c)) => return Err(ApiError::bad(format!("unsupported cid-codec {c:?}: raw or dag-pb")).into()),
+        (_, Some(c)) => {
+            return Err(ApiError::bad(format!("unsupported cid-codec {c:?}: raw or dag-pb")).into())
+        }
     };
     match opt(&q, "mhtype") {
         None | Some("") | Some("sha2-256") => {}
-        Some(h) => return Err(ApiError::bad(format!("unsupported mhtype {h:?}: only sha2-256")).into()),
+        Some(h) => {
+            return Err(ApiError::bad(format!("unsupported mhtype {h:?}: only sha2-256")).into())
+        }
     }
     let pin = flag(&q, "pin", false)?;
     let mut mp = mp.map_err(|_| ApiError::missing_file("data"))?;
@@ -191,7 +253,11 @@ async fn block_put(State(node): State<Arc<Node>>, q: Args, mp: Result<Multipart,
         let field = match mp.next_field().await {
             Ok(Some(f)) => f,
             Ok(None) => break,
-            Err(e) => return Err(ApiError::bad(format!("malformed multipart body: {}", e.body_text())).into()),
+            Err(e) => {
+                return Err(
+                    ApiError::bad(format!("malformed multipart body: {}", e.body_text())).into(),
+                )
+            }
         };
         let mut data = Vec::new();
         let mut field = field;
@@ -200,11 +266,21 @@ async fn block_put(State(node): State<Arc<Node>>, q: Args, mp: Result<Multipart,
                 Ok(Some(c)) => {
                     data.extend_from_slice(&c);
                     if data.len() > limit {
-                        return Err(node.put_block(Bytes::from(data), version, codec).await.unwrap_err().into());
+                        return Err(node
+                            .put_block(Bytes::from(data), version, codec)
+                            .await
+                            .unwrap_err()
+                            .into());
                     }
                 }
                 Ok(None) => break,
-                Err(e) => return Err(ApiError::bad(format!("malformed multipart body: {}", e.body_text())).into()),
+                Err(e) => {
+                    return Err(ApiError::bad(format!(
+                        "malformed multipart body: {}",
+                        e.body_text()
+                    ))
+                    .into())
+                }
             }
         }
         let size = data.len();
@@ -222,7 +298,12 @@ async fn block_put(State(node): State<Arc<Node>>, q: Args, mp: Result<Multipart,
 
 fn replication(q: &Args) -> Result<(Option<i32>, Option<i32>), ApiError> {
     let p = |name: &str| -> Result<Option<i32>, ApiError> {
-        opt(q, name).map(|v| v.parse::<i32>().map_err(|_| ApiError::bad(format!("invalid {name} {v:?}")))).transpose()
+        opt(q, name)
+            .map(|v| {
+                v.parse::<i32>()
+                    .map_err(|_| ApiError::bad(format!("invalid {name} {v:?}")))
+            })
+            .transpose()
     };
     Ok((p("replication-min")?, p("replication-max")?))
 }
@@ -239,7 +320,9 @@ async fn pin_add(State(node): State<Arc<Node>>, q: Args) -> Res {
     let mut pinned = Vec::new();
     for a in list {
         let cid = parse_cid_path(a)?;
-        let e = node.pin(&cid, opt(&q, "name").map(str::to_string), min, max).await?;
+        let e = node
+            .pin(&cid, opt(&q, "name").map(str::to_string), min, max)
+            .await?;
         // Like Kubo, answer once the content is pinned here (when this node holds a replica).
         if e.allocated_to(node.me()) {
             wait_pinned(&node, &e.cid, Duration::from_secs(60)).await?;
@@ -256,13 +339,21 @@ async fn wait_pinned(node: &Arc<Node>, cid: &str, deadline: Duration) -> Result<
         let st = node.local_status_of(cid).await?;
         match st.status {
             TrackerStatus::Pinned => return Ok(()),
-            TrackerStatus::PinError => return Err(ApiError::new(super::error::Kind::Internal, format!("pin failed: {}", st.error))),
+            TrackerStatus::PinError => {
+                return Err(ApiError::new(
+                    super::error::Kind::Internal,
+                    format!("pin failed: {}", st.error),
+                ))
+            }
             _ => {}
         }
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(Duration::from_millis(250));
     }
-    Err(ApiError::new(super::error::Kind::Unavailable, format!("pin of {cid} still in progress after {deadline:?}; see `storage status {cid}`")))
+    Err(ApiError::new(
+        super::error::Kind::Unavailable,
+        format!("pin of {cid} still in progress after {deadline:?}; see `storage status {cid}`"),
+    ))
 }
 
 async fn pin_rm(State(node): State<Arc<Node>>, q: Args) -> Res {
@@ -282,7 +373,10 @@ async fn pin_rm(State(node): State<Arc<Node>>, q: Args) -> Res {
 async fn pin_ls(State(node): State<Arc<Node>>, q: Args) -> Res {
     let ty = opt(&q, "type").unwrap_or("all");
     if !matches!(ty, "all" | "recursive" | "direct" | "indirect") {
-        return Err(ApiError::bad(format!("invalid type '{ty}', must be one of {{direct, indirect, recursive, all}}")).into());
+        return Err(ApiError::bad(format!(
+            "invalid type '{ty}', must be one of {{direct, indirect, recursive, all}}"
+        ))
+        .into());
     }
     let stream = flag(&q, "stream", false)?;
     let mut pins = node.pins().await?;
@@ -296,16 +390,33 @@ async fn pin_ls(State(node): State<Arc<Node>>, q: Args) -> Res {
             let cid = parse_cid_path(a)?.to_string();
             match pins.iter().find(|p| p.cid == cid) {
                 Some(p) => sel.push(p.clone()),
-                None => return Err(ApiError::new(super::error::Kind::Internal, format!("path '{a}' is not pinned")).into()),
+                None => {
+                    return Err(ApiError::new(
+                        super::error::Kind::Internal,
+                        format!("path '{a}' is not pinned"),
+                    )
+                    .into())
+                }
             }
         }
         pins = sel;
     }
     if stream {
-        let lines: Vec<Value> = pins.iter().map(|p| json!({ "Cid": p.cid, "Type": "recursive", "Name": p.name })).collect();
+        let lines: Vec<Value> = pins
+            .iter()
+            .map(|p| json!({ "Cid": p.cid, "Type": "recursive", "Name": p.name }))
+            .collect();
         return Ok(channel(ndjson(&lines)));
     }
-    let keys: serde_json::Map<String, Value> = pins.iter().map(|p| (p.cid.clone(), json!({ "Type": "recursive", "Name": p.name }))).collect();
+    let keys: serde_json::Map<String, Value> = pins
+        .iter()
+        .map(|p| {
+            (
+                p.cid.clone(),
+                json!({ "Type": "recursive", "Name": p.name }),
+            )
+        })
+        .collect();
     Ok(json_value(json!({ "Keys": keys })))
 }
 
@@ -313,7 +424,11 @@ async fn id(State(node): State<Arc<Node>>, q: Args) -> Res {
     if let Some(peer) = args(&q).first() {
         if *peer != node.me() {
             let Some(m) = node.members().remove(*peer) else {
-                return Err(ApiError::new(super::error::Kind::NotFound, "failed to find any peer in table").into());
+                return Err(ApiError::new(
+                    super::error::Kind::NotFound,
+                    "failed to find any peer in table",
+                )
+                .into());
             };
             return Ok(json_value(json!({
                 "ID": peer, "PublicKey": "", "Addresses": [PeerAddr::multiaddr(&m.addr, peer)],

@@ -28,9 +28,17 @@ pub async fn ingest_multipart(
         let field = match mp.next_field().await {
             Ok(Some(f)) => f,
             Ok(None) => break,
-            Err(e) => return Err(ApiError::bad(format!("malformed multipart body: {}", e.body_text()))),
+            Err(e) => {
+                return Err(ApiError::bad(format!(
+                    "malformed multipart body: {}",
+                    e.body_text()
+                )))
+            }
         };
-        let ctype = field.content_type().unwrap_or("application/octet-stream").to_string();
+        let ctype = field
+            .content_type()
+            .unwrap_or("application/octet-stream")
+            .to_string();
         if ctype == "application/x-directory" || ctype == "application/symlink" {
             return Err(ApiError::new(
                 super::error::Kind::NotImplemented,
@@ -40,7 +48,7 @@ pub async fn ingest_multipart(
         let name = field
             .file_name()
             .or(field.name())
-            .map(|n| percent_decode(n))
+            .map(percent_decode)
             .unwrap_or_default();
         let mut ing = Ingest::new(node, opts, only_hash, budget)?;
         let mut field = field;
@@ -49,7 +57,10 @@ pub async fn ingest_multipart(
                 Ok(Some(c)) => ing.write(&c)?,
                 Ok(None) => break,
                 Err(e) => {
-                    return Err(ApiError::bad(format!("malformed multipart body: {}", e.body_text())))
+                    return Err(ApiError::bad(format!(
+                        "malformed multipart body: {}",
+                        e.body_text()
+                    )))
                 }
             }
         }
@@ -86,10 +97,17 @@ fn percent_decode(s: &str) -> String {
 }
 
 /// Kubo-style add options from query parameters.
-pub fn add_options(cid_version: Option<&str>, raw_leaves: Option<&str>, chunker: Option<&str>, hash: Option<&str>) -> Result<AddOptions, ApiError> {
+pub fn add_options(
+    cid_version: Option<&str>,
+    raw_leaves: Option<&str>,
+    chunker: Option<&str>,
+    hash: Option<&str>,
+) -> Result<AddOptions, ApiError> {
     let v = match cid_version {
         None | Some("") => 0,
-        Some(s) => s.parse::<u8>().map_err(|_| ApiError::bad(format!("invalid cid-version {s:?}")))?,
+        Some(s) => s
+            .parse::<u8>()
+            .map_err(|_| ApiError::bad(format!("invalid cid-version {s:?}")))?,
     };
     let raw = match raw_leaves {
         None | Some("") => None,
@@ -103,13 +121,21 @@ pub fn add_options(cid_version: Option<&str>, raw_leaves: Option<&str>, chunker:
                 .strip_prefix("size-")
                 .and_then(|n| n.parse::<usize>().ok())
                 .filter(|n| *n > 0 && *n <= 1 << 20)
-                .ok_or_else(|| ApiError::bad(format!("chunker {c:?} is not supported: use size-N with N ≤ 1048576")))?;
+                .ok_or_else(|| {
+                    ApiError::bad(format!(
+                        "chunker {c:?} is not supported: use size-N with N ≤ 1048576"
+                    ))
+                })?;
             opts.chunk_size = size;
         }
     }
     match hash {
         None | Some("") | Some("sha2-256") => {}
-        Some(h) => return Err(ApiError::bad(format!("hash function {h:?} is not supported: only sha2-256"))),
+        Some(h) => {
+            return Err(ApiError::bad(format!(
+                "hash function {h:?} is not supported: only sha2-256"
+            )))
+        }
     }
     Ok(opts)
 }
@@ -118,6 +144,8 @@ pub fn parse_bool(name: &str, s: &str) -> Result<bool, ApiError> {
     match s {
         "" | "true" | "1" => Ok(true),
         "false" | "0" => Ok(false),
-        _ => Err(ApiError::bad(format!("invalid value for option {name:?}: {s:?} (want true or false)"))),
+        _ => Err(ApiError::bad(format!(
+            "invalid value for option {name:?}: {s:?} (want true or false)"
+        ))),
     }
 }

@@ -235,7 +235,10 @@ mod tests {
             Err(AuthError::Missing)
         );
         let rh = sign_response(&k, "you", &nonce, StatusCode::OK, b"answer");
-        assert_eq!(verify_response(&k, &nonce, StatusCode::OK, &rh, b"answer").unwrap(), "you");
+        assert_eq!(
+            verify_response(&k, &nonce, StatusCode::OK, &rh, b"answer").unwrap(),
+            "you"
+        );
         assert!(verify_response(&k, "othernonce", StatusCode::OK, &rh, b"answer").is_err());
         assert!(verify_response(&other, &nonce, StatusCode::OK, &rh, b"answer").is_err());
         assert!(verify_response(&k, &nonce, StatusCode::NOT_FOUND, &rh, b"answer").is_err());

@@ -56,7 +56,8 @@ impl PeerClient {
         path_and_query: &str,
         body: Vec<u8>,
     ) -> Result<(StatusCode, String, Bytes), PeerError> {
-        let (headers, nonce) = auth::sign_request(&self.key, &self.me, &method, path_and_query, &body);
+        let (headers, nonce) =
+            auth::sign_request(&self.key, &self.me, &method, path_and_query, &body);
         let url = format!("http://{addr}{path_and_query}");
         let resp = self
             .http
@@ -167,12 +168,18 @@ impl PeerClient {
     }
 
     pub async fn statuses(&self, addr: &str) -> Result<HashMap<String, LocalStatus>, PeerError> {
-        self.json(addr, Method::GET, "/peer/v1/status", vec![]).await
+        self.json(addr, Method::GET, "/peer/v1/status", vec![])
+            .await
     }
 
     pub async fn recover(&self, addr: &str, cid: &str) -> Result<PeerPinInfo, PeerError> {
-        self.json(addr, Method::POST, &format!("/peer/v1/recover/{cid}"), vec![])
-            .await
+        self.json(
+            addr,
+            Method::POST,
+            &format!("/peer/v1/recover/{cid}"),
+            vec![],
+        )
+        .await
     }
 }
 

@@ -47,7 +47,8 @@ impl PeerAddr {
         if host.is_empty() || host.contains(char::is_whitespace) {
             return Err("empty or malformed host".into());
         }
-        port.parse::<u16>().map_err(|_| format!("bad port {port:?}"))?;
+        port.parse::<u16>()
+            .map_err(|_| format!("bad port {port:?}"))?;
         Ok(Self {
             host_port: s.to_string(),
             id: None,
@@ -92,14 +93,30 @@ mod tests {
     fn parses_host_port_and_multiaddrs() {
         assert_eq!(
             PeerAddr::parse("127.0.0.11:9096").unwrap(),
-            PeerAddr { host_port: "127.0.0.11:9096".into(), id: None }
+            PeerAddr {
+                host_port: "127.0.0.11:9096".into(),
+                id: None
+            }
         );
         assert_eq!(
             PeerAddr::parse("/ip4/127.0.0.11/tcp/9096/p2p/12D3KooWabc").unwrap(),
-            PeerAddr { host_port: "127.0.0.11:9096".into(), id: Some("12D3KooWabc".into()) }
+            PeerAddr {
+                host_port: "127.0.0.11:9096".into(),
+                id: Some("12D3KooWabc".into())
+            }
         );
-        assert_eq!(PeerAddr::parse("/ip6/::1/tcp/1").unwrap().host_port, "[::1]:1");
-        for bad in ["", "nohost", "h:notaport", "/ip4/1.2.3.4/udp/1", "/ip4/1.2.3.4/tcp/x", "/ip4/1/tcp/1/foo/bar"] {
+        assert_eq!(
+            PeerAddr::parse("/ip6/::1/tcp/1").unwrap().host_port,
+            "[::1]:1"
+        );
+        for bad in [
+            "",
+            "nohost",
+            "h:notaport",
+            "/ip4/1.2.3.4/udp/1",
+            "/ip4/1.2.3.4/tcp/x",
+            "/ip4/1/tcp/1/foo/bar",
+        ] {
             assert!(PeerAddr::parse(bad).is_err(), "{bad}");
         }
         assert_eq!(

@@ -48,13 +48,32 @@ async fn authenticate(
     let Ok(body) = to_bytes(body, MAX_PEER_BODY).await else {
         return (StatusCode::PAYLOAD_TOO_LARGE, "peer request too large\n").into_response();
     };
-    let pq = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    let (caller, nonce) = match auth::verify_request(&node.key, &node.replay, &parts.method, pq, &parts.headers, &body) {
+    let pq = parts
+        .uri
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    let (caller, nonce) = match auth::verify_request(
+        &node.key,
+        &node.replay,
+        &parts.method,
+        pq,
+        &parts.headers,
+        &body,
+    ) {
         Ok(v) => v,
         Err(e) => {
-            let claimed = parts.headers.get(auth::H_PEER).and_then(|v| v.to_str().ok()).unwrap_or("-");
+            let claimed = parts
+                .headers
+                .get(auth::H_PEER)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("-");
             tracing::warn!(%remote, claimed_peer = claimed, path = parts.uri.path(), error = %e, "refused peer request (private network)");
-            let status = if e == AuthError::Missing { StatusCode::UNAUTHORIZED } else { StatusCode::FORBIDDEN };
+            let status = if e == AuthError::Missing {
+                StatusCode::UNAUTHORIZED
+            } else {
+                StatusCode::FORBIDDEN
+            };
             return (status, format!("{e}\n")).into_response();
         }
     };
@@ -74,7 +93,11 @@ async fn authenticate(
 async fn hello(State(node): State<Arc<Node>>, Json(h): Json<Hello>) -> Response {
     if !node.admits(&h.id, &h.addr) {
         tracing::warn!(peer = %h.id, addr = %h.addr, "refused a peer outside the fixed peerset");
-        return (StatusCode::FORBIDDEN, "not a member of this node's fixed peerset\n").into_response();
+        return (
+            StatusCode::FORBIDDEN,
+            "not a member of this node's fixed peerset\n",
+        )
+            .into_response();
     }
     node.saw_peer(&h, None);
     Json(node.hello()).into_response()
@@ -103,12 +126,19 @@ struct FeedQuery {
 }
 
 async fn feed(State(node): State<Arc<Node>>, Query(q): Query<FeedQuery>) -> Response {
-    let r = node.db(move |s| s.pins_since(q.epoch, q.since, FEED_PAGE + 1)).await;
+    let r = node
+        .db(move |s| s.pins_since(q.epoch, q.since, FEED_PAGE + 1))
+        .await;
     match r {
         Ok(mut entries) => {
             let more = entries.len() > FEED_PAGE;
             entries.truncate(FEED_PAGE);
-            Json(FeedPage { epoch: node.store.epoch(), entries, more }).into_response()
+            Json(FeedPage {
+                epoch: node.store.epoch(),
+                entries,
+                more,
+            })
+            .into_response()
         }
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
     }

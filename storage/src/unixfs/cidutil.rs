@@ -47,8 +47,8 @@ pub fn verify_block(cid: &Cid, data: &[u8]) -> Result<(), UnixfsError> {
     let actual = Cid::new(cid.version(), cid.codec(), actual_mh)
         .unwrap_or_else(|_| Cid::new_v1(cid.codec(), actual_mh));
     Err(UnixfsError::HashMismatch {
-        expected: *cid,
-        actual,
+        expected: Box::new(*cid),
+        actual: Box::new(actual),
     })
 }
 

@@ -17,8 +17,12 @@ pub enum UnixfsError {
     UnsupportedHash(u64),
     #[error("unsupported codec 0x{0:x}")]
     UnsupportedCodec(u64),
+    /// Boxed so the error stays small enough to return cheaply.
     #[error("block does not match its CID: expected {expected}, got {actual}")]
-    HashMismatch { expected: Cid, actual: Cid },
+    HashMismatch {
+        expected: Box<Cid>,
+        actual: Box<Cid>,
+    },
     #[error("malformed block: {0}")]
     Malformed(String),
     #[error("bad add options: {0}")]

@@ -178,9 +178,8 @@ fn expect_wire(got: u8, want: u8, what: &str) -> Result<(), UnixfsError> {
 
 /// Canonical dag-pb: all links, then data.
 pub fn encode_dag_pb(node: &PbNode) -> Vec<u8> {
-    let mut out = Vec::with_capacity(
-        node.data.as_ref().map_or(0, |d| d.len() + 10) + node.links.len() * 50,
-    );
+    let mut out =
+        Vec::with_capacity(node.data.as_ref().map_or(0, |d| d.len() + 10) + node.links.len() * 50);
     let mut link_buf = Vec::with_capacity(64);
     for link in &node.links {
         link_buf.clear();
@@ -255,8 +254,8 @@ fn decode_link(buf: &[u8]) -> Result<PbLink, UnixfsError> {
             2 => {
                 expect_wire(wt, WT_LEN, "PBLink.Name")?;
                 let raw = &buf[cur.len_delimited()?];
-                let s = std::str::from_utf8(raw)
-                    .map_err(|_| malformed("PBLink.Name is not UTF-8"))?;
+                let s =
+                    std::str::from_utf8(raw).map_err(|_| malformed("PBLink.Name is not UTF-8"))?;
                 name = Some(s.to_owned());
             }
             3 => {

@@ -230,7 +230,10 @@ impl Walker {
             if expected != node.total {
                 return Err(corrupt(
                     &p.cid,
-                    format!("parent declared {expected} bytes but node holds {}", node.total),
+                    format!(
+                        "parent declared {expected} bytes but node holds {}",
+                        node.total
+                    ),
                 ));
             }
         }
@@ -256,6 +259,9 @@ impl Walker {
         if lo >= hi {
             return Ok(None);
         }
-        Ok(Some(node.own.slice((lo - p.start) as usize..(hi - p.start) as usize)))
+        Ok(Some(
+            node.own
+                .slice((lo - p.start) as usize..(hi - p.start) as usize),
+        ))
     }
 }

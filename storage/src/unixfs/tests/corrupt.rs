@@ -39,7 +39,11 @@ async fn blocksize_disagrees_with_child() {
     let a = raw_block(b"abcd");
     let b = raw_block(b"efgh");
     // Parent claims the second child has 5 bytes (and sums consistently).
-    let root = pb_block(0, vec![(a.cid, 4), (b.cid, 4)], Some(file(None, Some(9), vec![4, 5])));
+    let root = pb_block(
+        0,
+        vec![(a.cid, 4), (b.cid, 4)],
+        Some(file(None, Some(9), vec![4, 5])),
+    );
     assert_corrupt(read(&[a, b], &root).await, "declared 5");
 }
 
@@ -101,7 +105,10 @@ async fn other_codecs() {
         cid: cid_for(b"\xa0", 1, 0x71).unwrap(),
         data: Bytes::from_static(b"\xa0"),
     };
-    assert!(matches!(read(&[], &cbor).await, Err(ReadError::NotAFile(_))));
+    assert!(matches!(
+        read(&[], &cbor).await,
+        Err(ReadError::NotAFile(_))
+    ));
     assert!(matches!(
         node_kind(&cbor.cid, &cbor.data),
         Err(UnixfsError::UnsupportedCodec(0x71))
@@ -150,7 +157,11 @@ async fn missing_block_after_partial_output() {
         }
     };
     assert!(matches!(err, ReadError::NotFound(c) if c == third));
-    assert_eq!(got, &data[..20], "the two leaves before the hole are delivered");
+    assert_eq!(
+        got,
+        &data[..20],
+        "the two leaves before the hole are delivered"
+    );
     assert!(s.next().await.is_none(), "stream ends after an error");
 }
 
@@ -162,7 +173,10 @@ async fn missing_root() {
         read_all(src.clone(), c, 0, Some(0)).await,
         Err(ReadError::NotFound(_))
     ));
-    assert!(matches!(file_size(&*src, &c).await, Err(ReadError::NotFound(_))));
+    assert!(matches!(
+        file_size(&*src, &c).await,
+        Err(ReadError::NotFound(_))
+    ));
 }
 
 #[tokio::test]
@@ -179,7 +193,11 @@ async fn legacy_raw_type_and_data_plus_links() {
             blocksizes: vec![],
         }),
     );
-    let root = pb_block(0, vec![(leaf.cid, 10)], Some(file(Some(b"head-"), None, vec![4])));
+    let root = pb_block(
+        0,
+        vec![(leaf.cid, 10)],
+        Some(file(Some(b"head-"), None, vec![4])),
+    );
     assert_eq!(read(&[leaf], &root).await.unwrap(), b"head-tail");
     assert_eq!(
         node_kind(&root.cid, &root.data).unwrap(),

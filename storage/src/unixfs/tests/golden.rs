@@ -34,7 +34,11 @@ fn same_when_streamed(data: &[u8], o: AddOptions, piece: usize, expected: &[Bloc
 
 #[test]
 fn hello_world_newline() {
-    let (_, root) = add_checked(b"hello world\n", v0(), "QmT78zSuBmuS4z925WZfrqQ1qHaJ56DQaTfyMUF7F8ff5o");
+    let (_, root) = add_checked(
+        b"hello world\n",
+        v0(),
+        "QmT78zSuBmuS4z925WZfrqQ1qHaJ56DQaTfyMUF7F8ff5o",
+    );
     assert_eq!(root.cumulative_size, 20);
     add_checked(
         b"hello world\n",
@@ -45,7 +49,11 @@ fn hello_world_newline() {
 
 #[test]
 fn hello_world() {
-    add_checked(b"hello world", v0(), "Qmf412jQZiuVUtdgnB36FXFX7xg5V6KEbSJ4dpQuhkLyfD");
+    add_checked(
+        b"hello world",
+        v0(),
+        "Qmf412jQZiuVUtdgnB36FXFX7xg5V6KEbSJ4dpQuhkLyfD",
+    );
     add_checked(
         b"hello world",
         v1(),
@@ -55,7 +63,11 @@ fn hello_world() {
 
 #[test]
 fn dsadsad() {
-    let (_, root) = add_checked(b"dsadsad\n", v0(), "QmQcCtMgLVwvMQGu6mvsRYLjwqrZJcYtH4mboM9urWW9vX");
+    let (_, root) = add_checked(
+        b"dsadsad\n",
+        v0(),
+        "QmQcCtMgLVwvMQGu6mvsRYLjwqrZJcYtH4mboM9urWW9vX",
+    );
     assert_eq!(root.cumulative_size, 16);
     add_checked(
         b"dsadsad\n",
@@ -76,7 +88,10 @@ fn empty_file() {
     );
     // Pushing nothing at all is the same as pushing an empty slice.
     let (blocks, root) = FileBuilder::new(v0()).finish();
-    assert_eq!(root.cid.to_string(), "QmbFMke1KXqnYyBBWxB74N4c5SBnJMVAiMNRcGu6x1AwQH");
+    assert_eq!(
+        root.cid.to_string(),
+        "QmbFMke1KXqnYyBBWxB74N4c5SBnJMVAiMNRcGu6x1AwQH"
+    );
     assert_eq!(blocks.len(), 1);
 }
 
@@ -84,7 +99,11 @@ fn empty_file() {
 fn exactly_one_chunk() {
     let data = seeded("chunk-v0-seed", CHUNK);
     let (blocks, _) = add_checked(data, v0(), "QmWmRj3dFDZdb6ABvbmKhEL6TmPbAfBZ1t5BxsEyJrcZhE");
-    assert_eq!(blocks.len(), 1, "one full chunk must not grow an empty second leaf");
+    assert_eq!(
+        blocks.len(),
+        1,
+        "one full chunk must not grow an empty second leaf"
+    );
     add_checked(
         data,
         v1(),
@@ -97,7 +116,10 @@ fn one_chunk_plus_one_byte_any_piece_size() {
     let data = seeded("chunk-v0-seed", CHUNK + 1);
     for (o, want) in [
         (v0(), "QmYyLxtzZyW22zpoVAtKANLRHpDjZtNeDjQdJrcQNWoRkJ"),
-        (v1(), "bafybeibyui7o3sbw3yifnewshhrbnuntcehluzvbkwgi5vmtsdobnc2c6y"),
+        (
+            v1(),
+            "bafybeibyui7o3sbw3yifnewshhrbnuntcehluzvbkwgi5vmtsdobnc2c6y",
+        ),
     ] {
         let (blocks, _) = add_checked(data, o, want);
         assert_eq!(blocks.len(), 3);
@@ -112,7 +134,10 @@ fn full_single_level_174_chunks() {
     let data = seeded("v0-seed", 174 * CHUNK);
     for (o, want) in [
         (v0(), "QmUbBALi174SnogsUzLpYbD4xPiBSFANF4iztWCsHbMKh2"),
-        (v1(), "bafybeidajp2ewrtxcagm2u3qstbk2kw5srzbu7g7oraqepajpgumviz3z4"),
+        (
+            v1(),
+            "bafybeidajp2ewrtxcagm2u3qstbk2kw5srzbu7g7oraqepajpgumviz3z4",
+        ),
     ] {
         let (blocks, _) = add_checked(data, o, want);
         assert_eq!(blocks.len(), 175);
@@ -124,8 +149,16 @@ fn full_single_level_174_chunks() {
 fn two_levels_174_chunks_plus_one_byte() {
     let data = seeded("v0-seed", 174 * CHUNK + 1);
     for (o, want, piece) in [
-        (v0(), "QmV81WL765sC8DXsRhE5fJv2rwhS4icHRaf3J9Zk5FdRnW", 100_000),
-        (v1(), "bafybeifr472xiwfk53w5s7bayijk3lq2go6ocqqcfch6ygy5qwza5hkdl4", 7),
+        (
+            v0(),
+            "QmV81WL765sC8DXsRhE5fJv2rwhS4icHRaf3J9Zk5FdRnW",
+            100_000,
+        ),
+        (
+            v1(),
+            "bafybeifr472xiwfk53w5s7bayijk3lq2go6ocqqcfch6ygy5qwza5hkdl4",
+            7,
+        ),
     ] {
         let (blocks, _) = add_checked(data, o, want);
         // 175 leaves, two depth-1 nodes, one root.

@@ -66,7 +66,12 @@ impl Rng {
     }
 }
 
-pub(super) fn opts(cid_version: u8, raw_leaves: bool, chunk_size: usize, max_links: usize) -> AddOptions {
+pub(super) fn opts(
+    cid_version: u8,
+    raw_leaves: bool,
+    chunk_size: usize,
+    max_links: usize,
+) -> AddOptions {
     AddOptions {
         cid_version,
         raw_leaves,
@@ -97,7 +102,12 @@ pub(super) fn check_blocks(blocks: &[Block], root: &FileRoot) {
         verify_block(&b.cid, &b.data).expect("block hashes to its cid");
         if b.cid.codec() == DAG_PB {
             for l in decode_dag_pb(&b.data).expect("decodes").links {
-                assert!(seen.contains(&l.cid), "child {} after parent {}", l.cid, b.cid);
+                assert!(
+                    seen.contains(&l.cid),
+                    "child {} after parent {}",
+                    l.cid,
+                    b.cid
+                );
             }
         }
         seen.insert(b.cid);
@@ -139,7 +149,10 @@ impl BlockSource for MemSource {
     fn get<'a>(&'a self, cid: &'a Cid) -> BoxFuture<'a, Result<Bytes, ReadError>> {
         Box::pin(async move {
             self.fetched.lock().unwrap().push(*cid);
-            self.blocks.get(cid).cloned().ok_or(ReadError::NotFound(*cid))
+            self.blocks
+                .get(cid)
+                .cloned()
+                .ok_or(ReadError::NotFound(*cid))
         })
     }
 }

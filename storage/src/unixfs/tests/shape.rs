@@ -78,7 +78,11 @@ fn check_shape(len: usize, o: AddOptions) {
     let map: HashMap<Cid, Bytes> = blocks.iter().map(|b| (b.cid, b.data.clone())).collect();
     let (shape, size, cumulative) = actual(&map, &root.cid);
     let leaves = len.div_ceil(o.chunk_size).max(1) as u64;
-    assert_eq!(shape, expected(leaves, o.max_links as u64), "len {len} {o:?}");
+    assert_eq!(
+        shape,
+        expected(leaves, o.max_links as u64),
+        "len {len} {o:?}"
+    );
     assert_eq!(size, len as u64);
     assert_eq!(cumulative, root.cumulative_size);
 }
