@@ -55,6 +55,8 @@ pub struct Member {
     pub last_error: String,
     /// When we first learnt of the peer in this run (down-time is counted from here at worst).
     pub known_since: Instant,
+    /// The peer's going down has been logged (so it is logged once per outage).
+    pub reported_down: bool,
 }
 
 pub struct Node {
@@ -64,6 +66,8 @@ pub struct Node {
     pub store: Arc<Store>,
     pub peers: PeerClient,
     pub replay: ReplayGuard,
+    /// Refused peer requests, logged once a minute per source address.
+    pub refusals: crate::peer::loglimit::LogLimiter,
     pub data_dir: PathBuf,
     members: RwLock<HashMap<String, Member>>,
     /// Bootstrap/peerset addresses whose peer ID we have not learnt yet.
@@ -94,6 +98,7 @@ impl Node {
                         last_seen: None,
                         last_error: String::new(),
                         known_since: now,
+                        reported_down: false,
                     },
                 );
             }
@@ -119,6 +124,9 @@ impl Node {
             store,
             peers,
             replay: ReplayGuard::new(100_000),
+            refusals: crate::peer::loglimit::LogLimiter::new(
+                crate::peer::client::REFUSAL_LOG_EVERY,
+            ),
             data_dir,
             members: RwLock::new(members),
             pending: Mutex::new(pending),
@@ -215,77 +223,71 @@ impl Node {
             return;
         }
         let now = Instant::now();
-        let new_addr = {
+        let fresh = |addr: &str| Member {
+            addr: addr.to_string(),
+            peername: String::new(),
+            last_seen: None,
+            last_error: String::new(),
+            known_since: now,
+            reported_down: false,
+        };
+        let (came_up, dirty) = {
             let mut ms = self.members.write().expect("members lock");
-            let m = ms.entry(hello.id.clone()).or_insert_with(|| Member {
-                addr: hello.addr.clone(),
-                peername: String::new(),
-                last_seen: None,
-                last_error: String::new(),
-                known_since: now,
-            });
-            let changed = m.addr != hello.addr || m.last_seen.is_none();
+            let mut dirty = !ms.contains_key(&hello.id);
+            let m = ms
+                .entry(hello.id.clone())
+                .or_insert_with(|| fresh(&hello.addr));
+            let came_up = m.last_seen.is_none() || m.reported_down;
+            dirty |= m.addr != hello.addr;
             m.addr = hello.addr.clone();
             m.peername = hello.peername.clone();
             m.last_seen = Some(now);
             m.last_error.clear();
+            m.reported_down = false;
             for (id, addr) in &hello.members {
                 if id != self.me() && !ms.contains_key(id) && self.admits(id, addr) {
-                    ms.insert(
-                        id.clone(),
-                        Member {
-                            addr: addr.clone(),
-                            peername: String::new(),
-                            last_seen: None,
-                            last_error: String::new(),
-                            known_since: now,
-                        },
-                    );
+                    ms.insert(id.clone(), fresh(addr));
+                    dirty = true;
                     tracing::info!(peer = %id, %addr, "learnt of a new cluster peer");
                 }
             }
-            changed
+            (came_up, dirty)
         };
-        {
-            let mut p = self.pending.lock().expect("pending lock");
-            p.retain(|a| a != &hello.addr && Some(a.as_str()) != reached_at);
+        self.pending
+            .lock()
+            .expect("pending lock")
+            .retain(|a| a != &hello.addr && Some(a.as_str()) != reached_at);
+        if came_up {
+            tracing::info!(peer = %hello.id, addr = %hello.addr, name = %hello.peername, "peer is up");
         }
-        if new_addr {
-            tracing::info!(peer = %hello.id, addr = %hello.addr, "peer is up");
-        }
-        // Persist membership so a restarted node finds its peers without a bootstrap.
-        let store = self.store.clone();
-        let mut all: Vec<(String, String)> = self
-            .members()
-            .into_iter()
-            .map(|(id, m)| (id, m.addr))
-            .collect();
-        all.push((hello.id.clone(), hello.addr.clone()));
-        tokio::task::spawn_blocking(move || {
-            let known: HashMap<String, String> =
-                store.members().unwrap_or_default().into_iter().collect();
-            for (id, addr) in all {
-                if known.get(&id) != Some(&addr) {
+        if dirty {
+            // Persist membership so a restarted node finds its peers without a bootstrap.
+            let store = self.store.clone();
+            let all: Vec<(String, String)> = self
+                .members()
+                .into_iter()
+                .map(|(id, m)| (id, m.addr))
+                .collect();
+            tokio::task::spawn_blocking(move || {
+                for (id, addr) in all {
                     if let Err(e) = store.put_member(&id, &addr) {
                         tracing::warn!(error = %e, "cannot persist member");
                     }
                 }
-            }
-        });
+            });
+        }
     }
 
+    /// Records a failed exchange; the transition to "down" is logged once, not every round.
     pub fn peer_failed(&self, id: &str, err: &PeerError) {
+        let timeout = self.cfg.peer.peer_timeout;
         let mut ms = self.members.write().expect("members lock");
         if let Some(m) = ms.get_mut(id) {
-            let was_live = m
-                .last_seen
-                .is_some_and(|t| t.elapsed() < self.cfg.peer.peer_timeout);
             m.last_error = err.to_string();
-            if was_live
-                && m.last_seen
-                    .is_some_and(|t| t.elapsed() >= self.cfg.peer.sync_interval * 2)
-            {
-                tracing::warn!(peer = %id, error = %err, "peer not answering");
+            let live = m.last_seen.is_some_and(|t| t.elapsed() < timeout);
+            if !live && !m.reported_down {
+                m.reported_down = true;
+                tracing::warn!(peer = %id, addr = %m.addr, error = %err, "peer is down");
             }
         }
     }

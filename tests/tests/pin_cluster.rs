@@ -726,19 +726,51 @@ async fn failed_pins_are_reported_and_recover_retries_them_and_late_joiners_catc
     let mut c = Cluster::start(2, &[]).await;
     let data = test_bytes(50_000, 31);
     // Pin content nobody has yet: every peer reports pin_error with its attempts.
-    let cid = add_file(&c.nodes[0], c.dir.path(), "later.bin", &data, &["--only-hash"]);
-    let r = http().post(c.nodes[0].cluster_url(&format!("/pins/{cid}"))).send().await.unwrap();
+    let cid = add_file(
+        &c.nodes[0],
+        c.dir.path(),
+        "later.bin",
+        &data,
+        &["--only-hash"],
+    );
+    let r = http()
+        .post(c.nodes[0].cluster_url(&format!("/pins/{cid}")))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     // After the automatic retries (1 s, 2 s) the error stays until `recover`.
-    let g = wait_status(&c.nodes[1], &cid, "pin_error after the automatic retries", |s| s.len() == 2 && s.values().all(|v| v == "pin_error")).await;
-    let attempts = wait_for("3 attempts on every peer", Duration::from_secs(20), || async {
-        let g = status(&c.nodes[0], &cid).await?;
-        let done = g["peer_map"].as_object()?.values().all(|p| p["attempt_count"].as_u64() >= Some(3));
-        done.then_some(g)
-    })
+    let g = wait_status(
+        &c.nodes[1],
+        &cid,
+        "pin_error after the automatic retries",
+        |s| s.len() == 2 && s.values().all(|v| v == "pin_error"),
+    )
     .await;
-    assert!(g["peer_map"].as_object().unwrap().values().all(|p| !p["error"].as_str().unwrap().is_empty()));
-    let r = http().get(c.nodes[0].cluster_url("/pins")).query(&[("filter", "error")]).send().await.unwrap();
+    let attempts = wait_for(
+        "3 attempts on every peer",
+        Duration::from_secs(20),
+        || async {
+            let g = status(&c.nodes[0], &cid).await?;
+            let done = g["peer_map"]
+                .as_object()?
+                .values()
+                .all(|p| p["attempt_count"].as_u64() >= Some(3));
+            done.then_some(g)
+        },
+    )
+    .await;
+    assert!(g["peer_map"]
+        .as_object()
+        .unwrap()
+        .values()
+        .all(|p| !p["error"].as_str().unwrap().is_empty()));
+    let r = http()
+        .get(c.nodes[0].cluster_url("/pins"))
+        .query(&[("filter", "error")])
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.text().await.unwrap().lines().count(), 1);
     drop(attempts);
 
@@ -747,36 +779,88 @@ async fn failed_pins_are_reported_and_recover_retries_them_and_late_joiners_catc
     assert_eq!(again, cid);
     let out = c.nodes[0].cli(&["recover", &cid]);
     assert!(out.status.success(), "{}", stderr(&out));
-    wait_status(&c.nodes[0], &cid, "pinned after recover", |s| s.values().all(|v| v == "pinned")).await;
+    wait_status(&c.nodes[0], &cid, "pinned after recover", |s| {
+        s.values().all(|v| v == "pinned")
+    })
+    .await;
 
     // A node created later joins through the bootstrap peer and pins the existing pinset.
-    let late = NodeProc::init(c.dir.path(), "late", &c.key, &["--bootstrap".into(), c.nodes[0].peer.to_string()]);
+    let late = NodeProc::init(
+        c.dir.path(),
+        "late",
+        &c.key,
+        &["--bootstrap".into(), c.nodes[0].peer.to_string()],
+    );
     c.nodes.push(late);
     c.nodes[2].start();
     c.nodes[2].wait_ready().await;
     c.wait_members(3).await;
     let late_id = c.nodes[2].peer_id();
-    wait_status(&c.nodes[0], &cid, "the late joiner pinned the existing pin", |s| s.get(&late_id).map(String::as_str) == Some("pinned")).await;
+    wait_status(
+        &c.nodes[0],
+        &cid,
+        "the late joiner pinned the existing pin",
+        |s| s.get(&late_id).map(String::as_str) == Some("pinned"),
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn pins_of_a_peer_down_longer_than_repin_after_are_reallocated() {
     let mut c = Cluster::start(3, &["--repin-after", "2s"]).await;
-    let cid = add_file(&c.nodes[0], c.dir.path(), "r.bin", &test_bytes(20_000, 41), &["--no-pin"]);
-    let r = http().post(c.nodes[0].cluster_url(&format!("/pins/{cid}"))).query(&[("replication", "2")]).send().await.unwrap();
+    let cid = add_file(
+        &c.nodes[0],
+        c.dir.path(),
+        "r.bin",
+        &test_bytes(20_000, 41),
+        &["--no-pin"],
+    );
+    let r = http()
+        .post(c.nodes[0].cluster_url(&format!("/pins/{cid}")))
+        .query(&[("replication", "2")])
+        .send()
+        .await
+        .unwrap();
     let pin: Value = r.json().await.unwrap();
-    let allocs: Vec<String> = pin["allocations"].as_array().unwrap().iter().map(|v| v.as_str().unwrap().to_string()).collect();
+    let allocs: Vec<String> = pin["allocations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap().to_string())
+        .collect();
     assert_eq!(allocs.len(), 2);
-    wait_status(&c.nodes[0], &cid, "pinned on 2", |s| s.values().filter(|v| *v == "pinned").count() == 2).await;
+    wait_status(&c.nodes[0], &cid, "pinned on 2", |s| {
+        s.values().filter(|v| *v == "pinned").count() == 2
+    })
+    .await;
 
     // Kill an allocated peer other than node 1 (which keeps answering).
     let me = c.nodes[0].peer_id();
     let victim = allocs.iter().find(|a| **a != me).unwrap().clone();
     let idx = c.nodes.iter().position(|n| n.peer_id() == victim).unwrap();
     c.nodes[idx].kill9();
-    let spare = c.nodes.iter().map(|n| n.peer_id()).find(|p| !allocs.contains(p)).unwrap();
-    let g = wait_status(&c.nodes[0], &cid, "re-allocation to the spare peer, pinned there", |s| s.get(&spare).map(String::as_str) == Some("pinned")).await;
-    let now: Vec<&str> = g["allocations"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    let spare = c
+        .nodes
+        .iter()
+        .map(|n| n.peer_id())
+        .find(|p| !allocs.contains(p))
+        .unwrap();
+    let g = wait_status(
+        &c.nodes[0],
+        &cid,
+        "re-allocation to the spare peer, pinned there",
+        |s| s.get(&spare).map(String::as_str) == Some("pinned"),
+    )
+    .await;
+    let now: Vec<&str> = g["allocations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
     assert_eq!(now.len(), 2);
-    assert!(!now.contains(&victim.as_str()) && now.contains(&spare.as_str()), "{now:?}");
+    assert!(
+        !now.contains(&victim.as_str()) && now.contains(&spare.as_str()),
+        "{now:?}"
+    );
 }

@@ -1,13 +1,18 @@
 //! Authenticated calls to peers. Every answer is checked against the swarm key before it is used.
 
 use super::auth::{self, AuthError};
+use super::loglimit::LogLimiter;
 use super::{FeedPage, Hello};
 use crate::pinset::{LocalStatus, PeerPinInfo, PinEntry};
 use crate::swarm_key::SwarmKey;
 use bytes::Bytes;
 use http::{Method, StatusCode};
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
+
+/// A persistent refusal (wrong swarm key) is logged again at most this often per peer.
+pub const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error, Clone)]
 pub enum PeerError {
@@ -34,6 +39,7 @@ pub struct PeerClient {
     http: reqwest::Client,
     key: SwarmKey,
     me: String,
+    refusals: Arc<LogLimiter>,
 }
 
 impl PeerClient {
@@ -45,7 +51,12 @@ impl PeerClient {
             .no_proxy()
             .build()
             .expect("http client");
-        Self { http, key, me }
+        Self {
+            http,
+            key,
+            me,
+            refusals: Arc::new(LogLimiter::new(REFUSAL_LOG_EVERY)),
+        }
     }
 
     /// One authenticated exchange. Returns the status, the responder's ID and the body.
@@ -81,7 +92,9 @@ impl PeerClient {
             && rh.get(auth::H_MAC).is_none()
         {
             let msg = String::from_utf8_lossy(&body).trim().to_string();
-            tracing::error!(peer = addr, %status, reason = %msg, "peer refused our request (private network)");
+            if self.refusals.allow(addr) {
+                tracing::error!(peer = addr, %status, reason = %msg, "peer refused our request (private network)");
+            }
             return Err(PeerError::Refused {
                 addr: addr.into(),
                 status: status.as_u16(),
@@ -91,7 +104,7 @@ impl PeerClient {
         match auth::verify_response(&self.key, &nonce, status, &rh, &body) {
             Ok(peer) => Ok((status, peer, body)),
             Err(e) => {
-                if let AuthError::KeyMismatch { .. } = e {
+                if matches!(e, AuthError::KeyMismatch { .. }) && self.refusals.allow(addr) {
                     tracing::error!(peer = addr, error = %e, "refusing the answer of a peer that does not hold our swarm key");
                 }
                 Err(PeerError::Untrusted {

@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod client;
+pub mod loglimit;
 pub mod server;
 
 use crate::pinset::PinEntry;

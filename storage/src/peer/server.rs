@@ -68,7 +68,9 @@ async fn authenticate(
                 .get(auth::H_PEER)
                 .and_then(|v| v.to_str().ok())
                 .unwrap_or("-");
-            tracing::warn!(%remote, claimed_peer = claimed, path = parts.uri.path(), error = %e, "refused peer request (private network)");
+            if node.refusals.allow(&format!("{} {claimed}", remote.ip())) {
+                tracing::warn!(%remote, claimed_peer = claimed, path = parts.uri.path(), error = %e, "refused peer request (private network)");
+            }
             let status = if e == AuthError::Missing {
                 StatusCode::UNAUTHORIZED
             } else {
