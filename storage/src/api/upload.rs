@@ -140,10 +140,12 @@ pub fn add_options(
     Ok(opts)
 }
 
+/// Go's `strconv.ParseBool` spellings (what Kubo accepts; Python clients send `True`/`False`), and an
+/// empty value as true, as a bare `?flag` means.
 pub fn parse_bool(name: &str, s: &str) -> Result<bool, ApiError> {
     match s {
-        "" | "true" | "1" => Ok(true),
-        "false" | "0" => Ok(false),
+        "" | "1" | "t" | "T" | "TRUE" | "true" | "True" => Ok(true),
+        "0" | "f" | "F" | "FALSE" | "false" | "False" => Ok(false),
         _ => Err(ApiError::bad(format!(
             "invalid value for option {name:?}: {s:?} (want true or false)"
         ))),
