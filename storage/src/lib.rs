@@ -17,3 +17,6 @@ pub mod swarm_key;
 pub mod sync;
 pub mod tracker;
 pub mod unixfs;
+
+#[cfg(test)]
+mod convergence_tests;

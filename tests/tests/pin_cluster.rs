@@ -871,14 +871,26 @@ async fn pins_of_a_peer_down_longer_than_repin_after_are_reallocated() {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_unmodified_kubo_rpc_client_works() {
     let Ok(py) = std::env::var("BULWARK_KUBO_CLIENT_PY") else {
-        eprintln!("skipped: set BULWARK_KUBO_CLIENT_PY to a python with ipfshttpclient==0.7.0 (CI does)");
+        eprintln!(
+            "skipped: set BULWARK_KUBO_CLIENT_PY to a python with ipfshttpclient==0.7.0 (CI does)"
+        );
         return;
     };
     let c = Cluster::start(1, &[]).await;
     let n = &c.nodes[0];
     let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/kubo_client.py");
     let addr = format!("/ip4/{}/tcp/{}/http", n.rpc.ip(), n.rpc.port());
-    let out = tokio::process::Command::new(py).arg(script).arg(addr).output().await.unwrap();
-    assert!(out.status.success(), "client failed:\n{}\n{}", stdout(&out), stderr(&out));
+    let out = tokio::process::Command::new(py)
+        .arg(script)
+        .arg(addr)
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "client failed:\n{}\n{}",
+        stdout(&out),
+        stderr(&out)
+    );
     assert!(stdout(&out).starts_with("ok"));
 }
