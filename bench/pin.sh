@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # bench/pin.sh — add/cat throughput of one release-build storage node over loopback, beside
-# `sha256sum` of the same file (the hashing limit), all in the same run.
+# `sha256sum` (and `openssl dgst -sha256`, when present) of the same file as the hashing limit, all
+# in the same run.
 #
 #   bench/pin.sh                 # 256 MiB file, 3 runs per measurement
 #   BENCH_MIB=64 BENCH_RUNS=5 bench/pin.sh
@@ -68,7 +69,7 @@ for _ in $(seq 1 100); do
 	}
 	sleep 0.1
 done
-S="$BIN --api $RPC"
+S="$BIN --api $RPC --cluster-api 127.0.0.1:$((BASE + 2))"
 
 FILE="$TMP/data.bin"
 echo "generating a $MIB MiB file from /dev/urandom …" >&2
@@ -115,8 +116,15 @@ measure() {
 	echo "  $label: ${runs[*]} ms" >&2
 }
 
+LOAD="$(cut -d' ' -f1-3 /proc/loadavg)"
 echo "measuring ($RUNS runs each) …" >&2
 measure "sha256sum" sha256sum "$FILE"
+# coreutils' sha256sum may not use the CPU's SHA extensions; OpenSSL does, as the sha2 crate does.
+HAVE_OPENSSL=0
+if command -v openssl >/dev/null; then
+	HAVE_OPENSSL=1
+	measure "openssl dgst -sha256" openssl dgst -sha256 "$FILE"
+fi
 measure "storage add -q --only-hash" $S add -q --only-hash "$FILE"
 CID="$($S add -q "$FILE")"
 wait_pinned "$CID"
@@ -134,16 +142,20 @@ got="$($S cat "$CID" | sha256sum | cut -d' ' -f1)"
 }
 
 SHA_MS="${RES[sha256sum]%% *}"
+OSSL_MS="$SHA_MS"
+((HAVE_OPENSSL)) && OSSL_MS="${RES[openssl dgst -sha256]%% *}"
 echo
 echo "bench/pin.sh — $(date -u +%Y-%m-%dT%H:%MZ), ${MIB} MiB random file, median of $RUNS runs"
-echo "machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//'), kernel $(uname -r)"
+echo "machine: $(nproc) CPUs, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ *//')$(grep -qw sha_ni /proc/cpuinfo && echo ' (sha_ni)'), kernel $(uname -r), load average at start $LOAD"
 echo "CID: $CID"
 echo
-echo "| operation | median s | MB/s | vs sha256sum | runs (ms) |"
-echo "|---|---:|---:|---:|---|"
+echo "| operation | median s | MB/s | vs sha256sum | vs openssl | runs (ms) |"
+echo "|---|---:|---:|---:|---:|---|"
 for label in "${ORDER[@]}"; do
 	read -r med rest <<<"${RES[$label]}"
 	ratio=$(awk -v a="$SHA_MS" -v b="$med" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }')
-	printf '| `%s` | %.2f | %s | %s× | %s |\n' "$label" "$(awk -v m="$med" 'BEGIN{print m/1000}')" \
-		"$(mbps "$med")" "$ratio" "$rest"
+	ratio2=$(awk -v a="$OSSL_MS" -v b="$med" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }')
+	((HAVE_OPENSSL)) || ratio2="-"
+	printf '| `%s` | %.2f | %s | %s× | %s× | %s |\n' "$label" "$(awk -v m="$med" 'BEGIN{print m/1000}')" \
+		"$(mbps "$med")" "$ratio" "$ratio2" "$rest"
 done

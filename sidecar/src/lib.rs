@@ -1,7 +1,29 @@
-//! Bulwark sidecar: the resilience proxy in front of every storage node (circuit breakers,
-//! throttling, canary request probing, graceful degradation, fault injection).
+//! Bulwark sidecar: the resilience proxy in front of every storage node.
 //!
-//! Not built yet: issues #3 (proxy, breakers, throttling) and #5 (query-of-death probing,
-//! degradation, fault injection) fill this crate and add the `sidecar` binary. It deliberately has no
-//! binary until then, so nothing can pretend to proxy.
+//! The request path is a tower stack, one [`tower::Layer`] per policy (see `policy/`), over a hyper
+//! client; every failure is a typed [`error::ProxyError`] turned into an HTTP answer in one place.
 #![forbid(unsafe_code)]
+
+pub mod classify;
+pub mod error;
+pub mod policy;
+
+use bytes::Bytes;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// Bodies stream both ways; nothing on the data path buffers a whole body.
+pub type Body = http_body_util::combinators::BoxBody<Bytes, BoxError>;
+pub type Request = http::Request<Body>;
+pub type Response = http::Response<Body>;
+
+/// A body from bytes (synthetic answers, tests).
+pub fn full(b: impl Into<Bytes>) -> Body {
+    use http_body_util::BodyExt;
+    http_body_util::Full::new(b.into())
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+pub fn empty() -> Body {
+    full(Bytes::new())
+}

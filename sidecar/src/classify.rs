@@ -1,0 +1,57 @@
+//! What a request is, for the policies: its traffic class and the client it comes from.
+//! Both are computed once at the edge and carried in request extensions.
+
+use serde::{Deserialize, Serialize};
+use std::net::IpAddr;
+
+/// Traffic classes in the order they are protected under load: control first, client last.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TrafficClass {
+    /// Membership, health, gossip.
+    Control,
+    /// Replication and recovery between nodes.
+    Replication,
+    /// Everything clients ask for.
+    Client,
+}
+
+impl TrafficClass {
+    pub const ALL: [TrafficClass; 3] = [Self::Control, Self::Replication, Self::Client];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Control => "control",
+            Self::Replication => "replication",
+            Self::Client => "client",
+        }
+    }
+}
+
+/// Who is calling, for per-client limits: a bearer token when there is one, else the source address.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum ClientId {
+    Token(String),
+    Addr(IpAddr),
+}
+
+impl ClientId {
+    pub fn from_request<B>(req: &http::Request<B>, remote: IpAddr) -> Self {
+        req.headers()
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(|t| ClientId::Token(t.trim().to_string()))
+            .unwrap_or(ClientId::Addr(remote))
+    }
+}
+
+impl std::fmt::Display for ClientId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            // Never print a whole token.
+            ClientId::Token(t) => write!(f, "token:{}…", t.chars().take(4).collect::<String>()),
+            ClientId::Addr(a) => write!(f, "{a}"),
+        }
+    }
+}
