@@ -69,7 +69,7 @@ for _ in $(seq 1 100); do
 	}
 	sleep 0.1
 done
-S="$BIN --api $RPC --cluster-api 127.0.0.1:$((BASE + 2))"
+S=("$BIN" --api "$RPC" --cluster-api "127.0.0.1:$((BASE + 2))")
 
 FILE="$TMP/data.bin"
 echo "generating a $MIB MiB file from /dev/urandom …" >&2
@@ -90,14 +90,14 @@ mbps() { awk -v b="$BYTES" -v ms="$1" 'BEGIN { printf "%.0f", (ms > 0 ? b / (ms 
 
 wait_pinned() {
 	for _ in $(seq 1 600); do
-		$S status "$1" | grep -q ': PINNED ' && return 0
+		"${S[@]}" status "$1" | grep -q ': PINNED ' && return 0
 		sleep 0.1
 	done
 	echo "bench: $1 did not reach PINNED" >&2
 	exit 1
 }
 
-cat_cli() { $S cat "$CID"; }
+cat_cli() { "${S[@]}" cat "$CID"; }
 cat_curl() { curl -sf -X POST "http://$RPC/api/v0/cat?arg=$CID" -o /dev/null; }
 
 declare -A RES
@@ -105,8 +105,8 @@ ORDER=()
 measure() {
 	local label="$1"
 	shift
-	local runs=() r ms
-	for r in $(seq 1 "$RUNS"); do
+	local runs=() ms
+	for _ in $(seq 1 "$RUNS"); do
 		ms=$(time_ms "$@")
 		runs+=("$ms")
 		[[ "$label" == "storage add -q" ]] && wait_pinned "$CID"
@@ -125,17 +125,17 @@ if command -v openssl >/dev/null; then
 	HAVE_OPENSSL=1
 	measure "openssl dgst -sha256" openssl dgst -sha256 "$FILE"
 fi
-measure "storage add -q --only-hash" $S add -q --only-hash "$FILE"
-CID="$($S add -q "$FILE")"
+measure "storage add -q --only-hash" "${S[@]}" add -q --only-hash "$FILE"
+CID="$("${S[@]}" add -q "$FILE")"
 wait_pinned "$CID"
 # The same content again: identical CID, blocks rewritten, pin already in place.
-measure "storage add -q" $S add -q "$FILE"
+measure "storage add -q" "${S[@]}" add -q "$FILE"
 measure "storage cat CID > /dev/null" cat_cli
 measure "curl -X POST /api/v0/cat?arg=CID" cat_curl
 
 # Correctness check (not timed): what comes back is what went in.
 want="$(sha256sum <"$FILE" | cut -d' ' -f1)"
-got="$($S cat "$CID" | sha256sum | cut -d' ' -f1)"
+got="$("${S[@]}" cat "$CID" | sha256sum | cut -d' ' -f1)"
 [[ "$want" == "$got" ]] || {
 	echo "bench: cat returned different bytes ($got != $want)" >&2
 	exit 1
@@ -156,6 +156,7 @@ for label in "${ORDER[@]}"; do
 	ratio=$(awk -v a="$SHA_MS" -v b="$med" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }')
 	ratio2=$(awk -v a="$OSSL_MS" -v b="$med" 'BEGIN { printf "%.2f", (b > 0 ? a / b : 0) }')
 	((HAVE_OPENSSL)) || ratio2="-"
+	# shellcheck disable=SC2016 # literal backticks for markdown
 	printf '| `%s` | %.2f | %s | %s× | %s× | %s |\n' "$label" "$(awk -v m="$med" 'BEGIN{print m/1000}')" \
 		"$(mbps "$med")" "$ratio" "$ratio2" "$rest"
 done

@@ -95,23 +95,29 @@ pub enum Cmd {
     /// Add a file; prints its CID (pins it in the cluster unless --no-pin).
     Add {
         file: PathBuf,
+        /// 0 (Kubo's default, "Qm…") or 1 ("bafy…", raw leaves).
         #[arg(long, default_value_t = 0)]
         cid_version: u8,
+        /// Leaves as raw blocks (default: true with CIDv1, false with CIDv0).
         #[arg(long)]
         raw_leaves: Option<bool>,
         /// Compute the CID only; store nothing.
         #[arg(long, short = 'n')]
         only_hash: bool,
+        /// Store the blocks but do not pin them in the cluster.
         #[arg(long)]
         no_pin: bool,
+        /// Print only the CID.
         #[arg(long, short = 'q')]
         quiet: bool,
     },
     /// Print a file's bytes.
     Cat {
         cid: String,
+        /// First byte to print.
         #[arg(long)]
         offset: Option<u64>,
+        /// Number of bytes to print.
         #[arg(long)]
         length: Option<u64>,
     },
@@ -138,18 +144,22 @@ pub enum PeersCmd {
 
 #[derive(Subcommand, Debug)]
 pub enum PinCmd {
+    /// Pin a CID in the cluster, held by between --replication-min and --replication-max peers.
     Add {
         cid: String,
-        #[arg(long)]
+        /// Fewest peers that must hold the pin (fails if fewer are up); -1 = every peer.
+        #[arg(long, allow_negative_numbers = true)]
         replication_min: Option<i32>,
-        #[arg(long)]
+        /// Most peers that should hold the pin.
+        #[arg(long, allow_negative_numbers = true)]
         replication_max: Option<i32>,
+        /// A name for the pin.
         #[arg(long)]
         name: Option<String>,
     },
-    Rm {
-        cid: String,
-    },
+    /// Unpin a CID everywhere.
+    Rm { cid: String },
+    /// List the cluster pinset with allocations.
     Ls,
 }
 
@@ -167,11 +177,13 @@ pub struct DataDir {
 /// Config settings that can be given on the command line.
 #[derive(Args, Debug, Clone, Default)]
 pub struct ConfigFlags {
+    /// Human-readable node name shown in cluster answers.
     #[arg(long)]
     pub peername: Option<String>,
     /// Kubo RPC listen address.
     #[arg(long)]
     pub rpc: Option<SocketAddr>,
+    /// Gateway (`/ipfs/{cid}`) listen address.
     #[arg(long)]
     pub gateway: Option<SocketAddr>,
     /// Cluster REST listen address.
@@ -189,8 +201,13 @@ pub struct ConfigFlags {
     /// Fixed peerset member (repeatable); only these peers are admitted.
     #[arg(long)]
     pub peerset: Vec<String>,
+    /// Send peer traffic through this HTTP proxy (the local sidecar's outbound listener).
+    #[arg(long)]
+    pub outbound_proxy: Option<String>,
+    /// Default minimum replication of new pins (-1 = every peer).
     #[arg(long, allow_negative_numbers = true)]
     pub replication_min: Option<i32>,
+    /// Default maximum replication of new pins (-1 = every peer).
     #[arg(long, allow_negative_numbers = true)]
     pub replication_max: Option<i32>,
     /// Re-allocate the pins of a peer down this long (e.g. 10m). Off by default.
@@ -220,6 +237,9 @@ impl ConfigFlags {
         }
         if !self.bootstrap.is_empty() {
             c.peer.bootstrap = self.bootstrap.clone();
+        }
+        if let Some(v) = &self.outbound_proxy {
+            c.peer.outbound_proxy = Some(v.clone());
         }
         if !self.peerset.is_empty() {
             c.peer.peerset = self.peerset.clone();

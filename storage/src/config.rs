@@ -53,6 +53,9 @@ pub struct PeerConfig {
     pub bootstrap: Vec<String>,
     /// A fixed peerset: when non-empty, only these peers are members and everybody else is refused.
     pub peerset: Vec<String>,
+    /// Send all node-to-node traffic through this HTTP proxy (`HOST:PORT`): the local sidecar's
+    /// outbound listener, so peer traffic gets the mesh's breakers, limits and faults.
+    pub outbound_proxy: Option<String>,
     /// How often membership and the pinset are exchanged with every peer (anti-entropy).
     #[serde(with = "humantime_serde")]
     pub sync_interval: Duration,
@@ -108,6 +111,7 @@ impl Default for PeerConfig {
             advertise: None,
             bootstrap: vec![],
             peerset: vec![],
+            outbound_proxy: None,
             sync_interval: Duration::from_millis(500),
             peer_timeout: Duration::from_secs(3),
             request_timeout: Duration::from_secs(5),
@@ -181,6 +185,11 @@ impl Config {
         for a in p.bootstrap.iter().chain(&p.peerset) {
             if let Err(e) = crate::peer::PeerAddr::parse(a) {
                 return bad(format!("peer address {a:?}: {e}"));
+            }
+        }
+        if let Some(a) = &p.outbound_proxy {
+            if let Err(e) = crate::peer::PeerAddr::parse(a) {
+                return bad(format!("peer.outbound_proxy {a:?}: {e}"));
             }
         }
         if let Some(a) = &p.advertise {

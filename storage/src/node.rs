@@ -85,7 +85,12 @@ impl Node {
         data_dir: PathBuf,
     ) -> Result<Arc<Self>, NodeError> {
         let store = Arc::new(Store::open(&data_dir.join("store.redb"))?);
-        let peers = PeerClient::new(key.clone(), ident.peer_id.clone(), cfg.peer.request_timeout);
+        let peers = PeerClient::new(
+            key.clone(),
+            ident.peer_id.clone(),
+            cfg.peer.request_timeout,
+            cfg.peer.outbound_proxy.as_deref(),
+        );
         let now = Instant::now();
         let mut members = HashMap::new();
         for (id, addr) in store.members()? {

@@ -4,6 +4,7 @@
 //! restarts and lost pushes alike.
 
 use crate::node::{Member, Node};
+use crate::peer::client::PeerError;
 use crate::pinset::{allocate, PinEntry};
 use crate::store::Watermark;
 use std::sync::Arc;
@@ -46,7 +47,13 @@ async fn exchange(node: &Arc<Node>, id: Option<String>, addr: &str) {
         Err(e) => {
             match &id {
                 Some(id) => node.peer_failed(id, &e),
-                None => tracing::debug!(%addr, error = %e, "bootstrap peer not reachable yet"),
+                None => match &e {
+                    // An authenticated refusal (e.g. not in the peer's fixed peerset): say so, once a minute.
+                    PeerError::Status { status: 403, .. } if node.refusals.allow(addr) => {
+                        tracing::warn!(%addr, error = %e, "bootstrap peer refused to admit this node")
+                    }
+                    _ => tracing::debug!(%addr, error = %e, "bootstrap peer not reachable yet"),
+                },
             }
             return;
         }

@@ -43,14 +43,19 @@ pub struct PeerClient {
 }
 
 impl PeerClient {
-    pub fn new(key: SwarmKey, me: String, timeout: Duration) -> Self {
-        let http = reqwest::Client::builder()
+    /// `proxy`: the local sidecar's outbound listener, when the node runs in the mesh.
+    pub fn new(key: SwarmKey, me: String, timeout: Duration, proxy: Option<&str>) -> Self {
+        let mut b = reqwest::Client::builder()
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(2)))
             .pool_idle_timeout(Duration::from_secs(30))
-            .no_proxy()
-            .build()
-            .expect("http client");
+            .no_proxy();
+        if let Some(p) = proxy {
+            b = b.proxy(
+                reqwest::Proxy::http(format!("http://{p}")).expect("validated proxy address"),
+            );
+        }
+        let http = b.build().expect("http client");
         Self {
             http,
             key,
