@@ -21,13 +21,24 @@ pub enum TimeoutKind {
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
     #[error("rate limit exceeded ({scope}); retry after {retry_after:?}")]
-    Throttled { scope: &'static str, retry_after: Duration },
+    Throttled {
+        scope: &'static str,
+        retry_after: Duration,
+    },
     #[error("overloaded: {class:?} request shed (concurrency limit {limit})")]
     Shed { class: TrafficClass, limit: usize },
     #[error("circuit open for upstream {upstream}: {reason}")]
-    CircuitOpen { upstream: String, reason: String, retry_after: Duration },
+    CircuitOpen {
+        upstream: String,
+        reason: String,
+        retry_after: Duration,
+    },
     #[error("{kind:?} timeout after {after:?} talking to {upstream}")]
-    Timeout { upstream: String, kind: TimeoutKind, after: Duration },
+    Timeout {
+        upstream: String,
+        kind: TimeoutKind,
+        after: Duration,
+    },
     #[error("cannot connect to upstream {upstream}: {msg}")]
     Connect { upstream: String, msg: String },
     #[error("upstream {upstream} failed: {msg}")]
@@ -56,7 +67,10 @@ impl ProxyError {
     /// Failures that originate between this sidecar and its upstream (connect refused, reset,
     /// timeout): they always count against the upstream's circuit.
     pub fn is_local_origin(&self) -> bool {
-        matches!(self, Self::Timeout { .. } | Self::Connect { .. } | Self::Upstream { .. })
+        matches!(
+            self,
+            Self::Timeout { .. } | Self::Connect { .. } | Self::Upstream { .. }
+        )
     }
 
     pub fn status(&self) -> StatusCode {
@@ -76,10 +90,15 @@ impl ProxyError {
         let mut r = http::Response::new(crate::full(format!("{self}\n")));
         *r.status_mut() = status;
         let h = r.headers_mut();
-        h.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+        h.insert(
+            http::header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=utf-8"),
+        );
         h.insert(H_ERROR, HeaderValue::from_static(self.kind()));
         let retry_after = match &self {
-            Self::Throttled { retry_after, .. } | Self::CircuitOpen { retry_after, .. } => Some(*retry_after),
+            Self::Throttled { retry_after, .. } | Self::CircuitOpen { retry_after, .. } => {
+                Some(*retry_after)
+            }
             Self::Shed { .. } => Some(Duration::from_secs(1)),
             _ => None,
         };
@@ -103,14 +122,31 @@ mod tests {
 
     #[test]
     fn answers_say_why() {
-        let r = ProxyError::Throttled { scope: "client", retry_after: Duration::from_millis(1200) }.into_response();
+        let r = ProxyError::Throttled {
+            scope: "client",
+            retry_after: Duration::from_millis(1200),
+        }
+        .into_response();
         assert_eq!(r.status(), 429);
         assert_eq!(r.headers()["retry-after"], "2");
         assert_eq!(r.headers()[H_ERROR], "throttled");
-        let r = ProxyError::CircuitOpen { upstream: "n1".into(), reason: "consecutive_failures".into(), retry_after: Duration::from_secs(1) }.into_response();
+        let r = ProxyError::CircuitOpen {
+            upstream: "n1".into(),
+            reason: "consecutive_failures".into(),
+            retry_after: Duration::from_secs(1),
+        }
+        .into_response();
         assert_eq!(r.status(), 503);
         assert_eq!(r.headers()[H_CIRCUIT], "open; reason=consecutive_failures");
-        assert!(ProxyError::Connect { upstream: "x".into(), msg: "refused".into() }.is_local_origin());
-        assert!(!ProxyError::Shed { class: TrafficClass::Client, limit: 1 }.is_local_origin());
+        assert!(ProxyError::Connect {
+            upstream: "x".into(),
+            msg: "refused".into()
+        }
+        .is_local_origin());
+        assert!(!ProxyError::Shed {
+            class: TrafficClass::Client,
+            limit: 1
+        }
+        .is_local_origin());
     }
 }

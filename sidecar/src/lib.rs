@@ -4,9 +4,15 @@
 //! client; every failure is a typed [`error::ProxyError`] turned into an HTTP answer in one place.
 #![forbid(unsafe_code)]
 
+pub mod admin;
 pub mod classify;
+pub mod config;
 pub mod error;
+pub mod metrics;
 pub mod policy;
+pub mod proxy;
+pub mod server;
+pub mod telemetry;
 
 use bytes::Bytes;
 
@@ -22,6 +28,12 @@ pub fn full(b: impl Into<Bytes>) -> Body {
     http_body_util::Full::new(b.into())
         .map_err(|never| match never {})
         .boxed()
+}
+
+/// A named conversion: closures returning `Box<dyn Error>` in async code make the compiler infer a
+/// lifetime-generic trait object that no service implements.
+pub fn box_err<E: std::error::Error + Send + Sync + 'static>(e: E) -> BoxError {
+    Box::new(e)
 }
 
 pub fn empty() -> Body {

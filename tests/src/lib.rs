@@ -22,7 +22,9 @@ pub fn bin_dir() -> &'static Path {
         let release = dir.file_name().is_some_and(|n| n == "release");
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
         let mut cmd = Command::new(cargo);
-        cmd.args(["build", "--quiet", "--bins", "-p", "storage"]);
+        cmd.args([
+            "build", "--quiet", "--bins", "-p", "storage", "-p", "sidecar",
+        ]);
         if release {
             cmd.arg("--release");
         }
@@ -305,4 +307,100 @@ pub fn test_bytes(len: usize, seed: u64) -> Vec<u8> {
     let mut v = vec![0u8; len];
     rng.fill_bytes(&mut v);
     v
+}
+
+pub mod fixture;
+
+pub fn sidecar_bin() -> PathBuf {
+    bin_dir().join("sidecar")
+}
+
+/// A sidecar process started from a TOML config written to `dir`.
+pub struct SidecarProc {
+    pub config: PathBuf,
+    pub admin: SocketAddr,
+    pub log: PathBuf,
+    child: Option<Child>,
+}
+
+impl SidecarProc {
+    /// `body` is the config without `[admin]`, which the harness adds with a free port.
+    pub fn start(dir: &Path, name: &str, body: &str) -> Self {
+        let admin = addr("127.0.0.1");
+        let config = dir.join(format!("{name}.toml"));
+        std::fs::write(&config, format!("[admin]\nlisten = \"{admin}\"\n\n{body}"))
+            .expect("write config");
+        let mut s = Self {
+            config,
+            admin,
+            log: dir.join(format!("{name}.log")),
+            child: None,
+        };
+        s.spawn();
+        s
+    }
+
+    pub fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("log");
+        let child = Command::new(sidecar_bin())
+            .arg("run")
+            .arg(&self.config)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn sidecar");
+        self.child = Some(child);
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    pub fn child(&mut self) -> Option<&mut Child> {
+        self.child.as_mut()
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.admin)
+    }
+
+    pub async fn wait_ready(&self) {
+        let url = self.admin_url("/ready");
+        wait_for("sidecar ready", Duration::from_secs(20), || {
+            let req = http().get(&url).send();
+            async move {
+                req.await
+                    .ok()
+                    .filter(|r| r.status().is_success())
+                    .map(|_| ())
+            }
+        })
+        .await;
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for SidecarProc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+/// A free loopback address, for configs written by tests.
+pub fn free_addr() -> SocketAddr {
+    addr("127.0.0.1")
 }

@@ -106,6 +106,17 @@ impl PeerClient {
                 msg,
             });
         }
+        // A mesh sidecar answering for the peer (open circuit, shed, timeout) signs nothing: report
+        // its reason as an unavailable peer rather than as an untrusted answer.
+        if rh.get(auth::H_MAC).is_none() {
+            if let Some(kind) = rh.get("x-bulwark-error").and_then(|v| v.to_str().ok()) {
+                return Err(PeerError::Status {
+                    addr: addr.into(),
+                    status: status.as_u16(),
+                    msg: format!("sidecar: {kind}: {}", String::from_utf8_lossy(&body).trim()),
+                });
+            }
+        }
         match auth::verify_response(&self.key, &nonce, status, &rh, &body) {
             Ok(peer) => Ok((status, peer, body)),
             Err(e) => {

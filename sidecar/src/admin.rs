@@ -1,0 +1,139 @@
+//! Admin API (Envoy-style): `/metrics`, `/ready`, `/live`, `/config`, `/circuits`, `/log-level`,
+//! `/reload`. Loopback by default; when bound elsewhere every call needs `Authorization: Bearer`.
+
+use crate::server::Shared;
+use crate::{full, Response};
+use http::{header, Method, StatusCode};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use std::convert::Infallible;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+pub async fn serve(tcp: TcpListener, shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        let (stream, _) = tokio::select! {
+            r = tcp.accept() => match r { Ok(v) => v, Err(_) => continue },
+            _ = shutdown.changed() => break,
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| {
+                let shared = shared.clone();
+                async move { Ok::<_, Infallible>(route(&shared, req).await) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(std::time::Duration::from_secs(10))
+                .serve_connection(TokioIo::new(stream), svc)
+                .await;
+        });
+    }
+}
+
+fn text(status: StatusCode, body: impl Into<String>) -> Response {
+    let mut r = http::Response::new(full(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        "text/plain; charset=utf-8".parse().expect("ct"),
+    );
+    r
+}
+
+fn json(v: &impl serde::Serialize) -> Response {
+    let mut r = http::Response::new(full(serde_json::to_vec_pretty(v).expect("json")));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        "application/json".parse().expect("ct"),
+    );
+    r
+}
+
+async fn route(shared: &Shared, req: http::Request<Incoming>) -> Response {
+    let cfg = shared.config.load_full();
+    if let Some(token) = cfg.admin.token.as_deref().filter(|t| !t.is_empty()) {
+        let ok = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .is_some_and(|t| t == token);
+        if !ok {
+            return text(
+                StatusCode::UNAUTHORIZED,
+                "admin token required (Authorization: Bearer …)\n",
+            );
+        }
+    }
+    match (req.method().clone(), req.uri().path()) {
+        (Method::GET, "/live") => text(StatusCode::OK, "live\n"),
+        (Method::GET, "/ready") => {
+            if shared.draining.load(Ordering::SeqCst) {
+                text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+            } else {
+                text(StatusCode::OK, "ready\n")
+            }
+        }
+        (Method::GET, "/metrics") => {
+            let mut out = String::new();
+            match prometheus_client::encoding::text::encode(&mut out, &shared.registry) {
+                Ok(()) => {
+                    let mut r = text(StatusCode::OK, out);
+                    r.headers_mut().insert(
+                        header::CONTENT_TYPE,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8"
+                            .parse()
+                            .expect("ct"),
+                    );
+                    r
+                }
+                Err(e) => text(StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")),
+            }
+        }
+        (Method::GET, "/config") => json(&cfg.redacted()),
+        (Method::GET, "/circuits") => json(&shared.breakers.snapshot()),
+        (Method::GET, "/log-level") => match &shared.log {
+            Some(l) => text(StatusCode::OK, format!("{}\n", l.level())),
+            None => text(
+                StatusCode::NOT_FOUND,
+                "logging is not managed by this process\n",
+            ),
+        },
+        (Method::PUT, "/log-level") | (Method::POST, "/log-level") => {
+            let body = match req.into_body().collect().await {
+                Ok(b) => b.to_bytes(),
+                Err(e) => return text(StatusCode::BAD_REQUEST, format!("{e}\n")),
+            };
+            let level = String::from_utf8_lossy(&body).trim().to_string();
+            match &shared.log {
+                Some(l) => match l.set_level(&level) {
+                    Ok(()) => {
+                        tracing::info!(%level, "log level changed");
+                        text(StatusCode::OK, format!("{level}\n"))
+                    }
+                    Err(e) => text(StatusCode::BAD_REQUEST, format!("{e}\n")),
+                },
+                None => text(
+                    StatusCode::NOT_FOUND,
+                    "logging is not managed by this process\n",
+                ),
+            }
+        }
+        (Method::POST, "/reload") => match shared.reload_from_file() {
+            Ok(()) => text(StatusCode::OK, "reloaded\n"),
+            Err(e) => text(StatusCode::BAD_REQUEST, format!("reload rejected: {e}\n")),
+        },
+        (
+            _,
+            "/live" | "/ready" | "/metrics" | "/config" | "/circuits" | "/log-level" | "/reload",
+        ) => text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "unknown admin path; try /metrics /ready /live /config /circuits /log-level /reload\n",
+        ),
+    }
+}

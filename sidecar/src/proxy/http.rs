@@ -1,0 +1,276 @@
+//! HTTP listeners: hyper-util's auto builder (HTTP/1.1 and h2c on one port) with a header deadline
+//! and size cap, and the per-request edge: classify, tag with request id and trace context, run the
+//! policy stack of the listener's *current* configuration, answer failures, record metrics.
+//!
+//! The stack is behind an `ArcSwap` so a hot reload changes behaviour for the next request without
+//! touching open connections.
+
+use crate::classify::ClientId;
+use crate::config::{Config, Direction, ListenerConfig};
+use crate::metrics::{status_class, ErrorLabels, ListenerLabels, RequestLabels, RouteLabels};
+use crate::policy::breaker::{BreakerLayer, UpstreamName};
+use crate::policy::retry::RetryLayer;
+use crate::policy::shed::ShedLayer;
+use crate::policy::throttle::ThrottleLayer;
+use crate::proxy::forward::{Forward, Target};
+use crate::server::Shared;
+use crate::{Request, Response};
+use arc_swap::ArcSwap;
+use http::HeaderValue;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tower::util::BoxCloneSyncService;
+use tower::ServiceBuilder;
+
+pub type Stack = BoxCloneSyncService<Request, Response, crate::error::ProxyError>;
+
+/// One listener's behaviour under one configuration.
+pub struct ListenerRuntime {
+    pub cfg: Arc<Config>,
+    pub listener: ListenerConfig,
+    pub stack: Stack,
+    forward: Forward,
+}
+
+impl ListenerRuntime {
+    pub fn build(cfg: Arc<Config>, name: &str, shared: &Shared) -> Option<Self> {
+        let listener = cfg.listeners.iter().find(|l| l.name == name)?.clone();
+        let policy = cfg.policy_for(&listener).clone();
+        let target = match listener.direction {
+            Direction::Inbound => Target::Fixed(
+                listener
+                    .upstream
+                    .as_deref()
+                    .unwrap_or_default()
+                    .parse()
+                    .ok()?,
+            ),
+            Direction::Outbound => {
+                Target::ByAuthority(Arc::new(listener.allowed_upstreams.clone()))
+            }
+        };
+        let forward = Forward::new(target, listener.connect_timeout);
+        let stack = ServiceBuilder::new()
+            .layer(ThrottleLayer::new(
+                policy.throttle.clone(),
+                shared.throttle_metrics.clone(),
+            ))
+            .layer(ShedLayer::new(
+                policy.shed.clone(),
+                shared.shed_metrics.clone(),
+            ))
+            .layer(BreakerLayer::new(
+                policy.breaker.clone(),
+                shared.breakers.clone(),
+                shared.breaker_metrics.clone(),
+            ))
+            .layer(RetryLayer::new(
+                policy.retry.clone(),
+                shared.retry_metrics.clone(),
+            ))
+            .service(forward.clone());
+        Some(Self {
+            cfg,
+            listener,
+            stack: BoxCloneSyncService::new(stack),
+            forward,
+        })
+    }
+}
+
+pub async fn serve(
+    tcp: TcpListener,
+    rt: Arc<ArcSwap<ListenerRuntime>>,
+    shared: Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let name = rt.load().listener.name.clone();
+    let labels = ListenerLabels {
+        listener: name.clone(),
+    };
+    loop {
+        let (stream, remote) = tokio::select! {
+            r = tcp.accept() => match r {
+                Ok(v) => v,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(listener = %name, error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => break,
+        };
+        let _ = stream.set_nodelay(true);
+        shared.metrics.connections.get_or_create(&labels).inc();
+        let rt = rt.clone();
+        let shared = shared.clone();
+        let mut shutdown = shutdown.clone();
+        let labels = labels.clone();
+        tokio::spawn(async move {
+            let guard = shared.conns.enter();
+            let active = shared
+                .metrics
+                .active_connections
+                .get_or_create(&labels)
+                .clone();
+            active.inc();
+            let l = rt.load();
+            let mut builder = auto::Builder::new(TokioExecutor::new());
+            builder
+                .http1()
+                .timer(TokioTimer::new())
+                .header_read_timeout(l.listener.header_read_timeout)
+                .max_buf_size(l.listener.max_header_bytes.max(8192));
+            builder
+                .http2()
+                .timer(TokioTimer::new())
+                .max_header_list_size(l.listener.max_header_bytes as u32);
+            drop(l);
+            let svc = hyper::service::service_fn({
+                let shared = shared.clone();
+                move |req: hyper::Request<Incoming>| {
+                    let rt = rt.load_full();
+                    let shared = shared.clone();
+                    async move { Ok::<_, Infallible>(handle(rt, shared, remote, req).await) }
+                }
+            });
+            let conn = builder.serve_connection(TokioIo::new(stream), svc);
+            tokio::pin!(conn);
+            let res = tokio::select! {
+                r = conn.as_mut() => r,
+                _ = shutdown.changed() => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = res {
+                tracing::debug!(%remote, error = %e, "connection ended with an error");
+            }
+            active.dec();
+            drop(guard);
+        });
+    }
+}
+
+/// Boxed on purpose: naming the future's type as `Send` here sidesteps rustc's higher-ranked
+/// lifetime inference on trait objects inside spawned async blocks.
+fn handle(
+    rt: Arc<ListenerRuntime>,
+    shared: Arc<Shared>,
+    remote: SocketAddr,
+    req: hyper::Request<Incoming>,
+) -> futures::future::BoxFuture<'static, Response> {
+    Box::pin(handle_inner(rt, shared, remote, req))
+}
+
+async fn handle_inner(
+    rt: Arc<ListenerRuntime>,
+    shared: Arc<Shared>,
+    remote: SocketAddr,
+    req: hyper::Request<Incoming>,
+) -> Response {
+    let start = tokio::time::Instant::now();
+    let (class, route) = rt
+        .cfg
+        .classify(&rt.listener, req.uri().path(), req.headers());
+    let route = route.to_string();
+    let mut req: Request = req.map(|b| b.map_err(crate::box_err).boxed());
+    let client = ClientId::from_request(&req, remote.ip());
+    let upstream = match rt.forward.upstream_of(&req) {
+        Ok(a) => a.to_string(),
+        Err(e) => return answer(&rt, &shared, &route, class, "-", start, Err(e)),
+    };
+    let h = req.headers_mut();
+    if !h.contains_key("x-request-id") {
+        h.insert(
+            "x-request-id",
+            hex_header(&rand::random::<u128>().to_be_bytes()),
+        );
+    }
+    if !h.contains_key("traceparent") {
+        // W3C trace context: start a trace here so every hop behind us shares it.
+        let tp = format!(
+            "00-{}-{}-01",
+            hex(&rand::random::<u128>().to_be_bytes()),
+            hex(&rand::random::<u64>().to_be_bytes())
+        );
+        h.insert("traceparent", HeaderValue::from_str(&tp).expect("hex"));
+    }
+    let ext = req.extensions_mut();
+    ext.insert(class);
+    ext.insert(client);
+    ext.insert(UpstreamName(Arc::from(upstream.as_str())));
+    // Not `oneshot`: a held `Oneshot<S, _>` names `S::Future` through the trait, which trips
+    // rustc's higher-ranked Send inference in spawned tasks; the boxed future is concrete.
+    let mut svc = rt.stack.clone();
+    let res = match futures::future::poll_fn(|cx| tower::Service::poll_ready(&mut svc, cx)).await {
+        Ok(()) => tower::Service::call(&mut svc, req).await,
+        Err(e) => Err(e),
+    };
+    answer(&rt, &shared, &route, class, &upstream, start, res)
+}
+
+fn answer(
+    rt: &ListenerRuntime,
+    shared: &Shared,
+    route: &str,
+    class: crate::classify::TrafficClass,
+    upstream: &str,
+    start: tokio::time::Instant,
+    res: Result<Response, crate::error::ProxyError>,
+) -> Response {
+    let name = &rt.listener.name;
+    let resp = match res {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::debug!(listener = %name, route, error = %e, "answered by the sidecar");
+            shared
+                .metrics
+                .errors
+                .get_or_create(&ErrorLabels {
+                    listener: name.clone(),
+                    kind: e.kind().to_string(),
+                })
+                .inc();
+            e.into_response()
+        }
+    };
+    let m = &shared.metrics;
+    m.requests
+        .get_or_create(&RequestLabels {
+            listener: name.clone(),
+            route: route.to_string(),
+            class: class.as_str().to_string(),
+            upstream: upstream.to_string(),
+            status: status_class(resp.status()).to_string(),
+        })
+        .inc();
+    m.duration
+        .get_or_create(&RouteLabels {
+            listener: name.clone(),
+            route: route.to_string(),
+        })
+        .observe(start.elapsed().as_secs_f64());
+    resp
+}
+
+fn hex(b: &[u8]) -> String {
+    use std::fmt::Write;
+    b.iter()
+        .fold(String::with_capacity(b.len() * 2), |mut s, x| {
+            let _ = write!(s, "{x:02x}");
+            s
+        })
+}
+
+fn hex_header(b: &[u8]) -> HeaderValue {
+    HeaderValue::from_str(&hex(b)).expect("hex")
+}

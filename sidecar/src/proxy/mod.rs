@@ -1,0 +1,5 @@
+//! The data path: HTTP (h1 + h2c) and TCP listeners, the per-request edge, and the upstream client.
+
+pub mod forward;
+pub mod http;
+pub mod tcp;

@@ -1,0 +1,265 @@
+//! Process lifecycle: bind every listener, serve, hot-reload on SIGHUP or `POST /reload`
+//! (validate, then swap), and drain on SIGTERM (stop accepting, let in-flight work finish within
+//! `drain_timeout`).
+
+use crate::config::{Config, Protocol};
+use crate::metrics::{ProxyMetrics, ReloadLabels};
+use crate::policy::breaker::{BreakerMetrics, BreakerRegistry};
+use crate::policy::retry::RetryMetrics;
+use crate::policy::shed::ShedMetrics;
+use crate::policy::throttle::ThrottleMetrics;
+use crate::proxy::http::ListenerRuntime;
+use crate::telemetry::LogHandle;
+use arc_swap::ArcSwap;
+use prometheus_client::registry::Registry;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Notify};
+
+/// Open connections, so a drain knows when it is done.
+#[derive(Default)]
+pub struct ConnCounter {
+    n: AtomicUsize,
+    zero: Notify,
+}
+
+pub struct ConnGuard<'a>(&'a ConnCounter);
+
+impl ConnCounter {
+    pub fn enter(&self) -> ConnGuard<'_> {
+        self.n.fetch_add(1, Ordering::SeqCst);
+        ConnGuard(self)
+    }
+
+    pub fn count(&self) -> usize {
+        self.n.load(Ordering::SeqCst)
+    }
+
+    async fn wait_zero(&self) {
+        loop {
+            let notified = self.zero.notified();
+            if self.count() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+impl Drop for ConnGuard<'_> {
+    fn drop(&mut self) {
+        if self.0.n.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.zero.notify_waiters();
+        }
+    }
+}
+
+/// State that lives as long as the process, across reloads.
+pub struct Shared {
+    pub config: ArcSwap<Config>,
+    pub config_path: Option<PathBuf>,
+    pub metrics: ProxyMetrics,
+    pub breakers: BreakerRegistry,
+    pub breaker_metrics: BreakerMetrics,
+    pub retry_metrics: RetryMetrics,
+    pub throttle_metrics: ThrottleMetrics,
+    pub shed_metrics: ShedMetrics,
+    pub registry: Registry,
+    pub conns: ConnCounter,
+    pub draining: AtomicBool,
+    pub log: Option<LogHandle>,
+    runtimes: Mutex<HashMap<String, Arc<ArcSwap<ListenerRuntime>>>>,
+}
+
+impl Shared {
+    pub fn new(cfg: Config, config_path: Option<PathBuf>, log: Option<LogHandle>) -> Arc<Self> {
+        let metrics = ProxyMetrics::default();
+        let breaker_metrics = BreakerMetrics::default();
+        let retry_metrics = RetryMetrics::default();
+        let throttle_metrics = ThrottleMetrics::default();
+        let shed_metrics = ShedMetrics::default();
+        let mut registry = Registry::with_prefix("bulwark");
+        metrics.register(&mut registry);
+        breaker_metrics.register(&mut registry);
+        retry_metrics.register(&mut registry);
+        throttle_metrics.register(&mut registry);
+        shed_metrics.register(&mut registry);
+        Arc::new(Self {
+            config: ArcSwap::from_pointee(cfg),
+            config_path,
+            metrics,
+            breakers: BreakerRegistry::default(),
+            breaker_metrics,
+            retry_metrics,
+            throttle_metrics,
+            shed_metrics,
+            registry,
+            conns: ConnCounter::default(),
+            draining: AtomicBool::new(false),
+            log,
+            runtimes: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Validates `text` as a whole new configuration and swaps it in. Listener addresses and
+    /// protocols cannot change without a restart (their sockets are bound); everything else can.
+    pub fn apply(&self, new: Config) -> Result<(), String> {
+        let old = self.config.load_full();
+        let shape = |c: &Config| {
+            let mut v: Vec<_> = c
+                .listeners
+                .iter()
+                .map(|l| (l.name.clone(), l.listen, l.protocol))
+                .collect();
+            v.sort_by(|a, b| a.0.cmp(&b.0));
+            v
+        };
+        if shape(&old) != shape(&new) || old.admin.listen != new.admin.listen {
+            return self.reload_failed("listeners (names, addresses, protocols) and admin.listen cannot change on reload; restart the sidecar".into());
+        }
+        let new = Arc::new(new);
+        let mut built = Vec::new();
+        for l in new
+            .listeners
+            .iter()
+            .filter(|l| l.protocol == Protocol::Http)
+        {
+            match ListenerRuntime::build(new.clone(), &l.name, self) {
+                Some(rt) => built.push((l.name.clone(), rt)),
+                None => return self.reload_failed(format!("listener {:?}: cannot build", l.name)),
+            }
+        }
+        if new.log.level != old.log.level {
+            if let Some(log) = &self.log {
+                log.set_level(&new.log.level)?;
+            }
+        }
+        let rts = self.runtimes.lock().expect("runtimes lock");
+        for (name, rt) in built {
+            if let Some(slot) = rts.get(&name) {
+                slot.store(Arc::new(rt));
+            }
+        }
+        self.config.store(new);
+        self.metrics
+            .config_reloads
+            .get_or_create(&ReloadLabels {
+                result: "ok".into(),
+            })
+            .inc();
+        tracing::info!("configuration reloaded");
+        Ok(())
+    }
+
+    /// Re-reads the config file (SIGHUP, `POST /reload`).
+    pub fn reload_from_file(&self) -> Result<(), String> {
+        let Some(p) = &self.config_path else {
+            return Err("no config file to reload from".into());
+        };
+        match Config::load(p) {
+            Ok(c) => self.apply(c),
+            Err(e) => self.reload_failed(e.to_string()),
+        }
+    }
+
+    fn reload_failed(&self, msg: String) -> Result<(), String> {
+        self.metrics
+            .config_reloads
+            .get_or_create(&ReloadLabels {
+                result: "rejected".into(),
+            })
+            .inc();
+        tracing::error!(error = %msg, "configuration reload rejected; keeping the running configuration");
+        Err(msg)
+    }
+}
+
+/// Bound sockets, ready to serve (binding first means a port clash fails before anything runs).
+pub struct Bound {
+    listeners: Vec<(String, Protocol, TcpListener)>,
+    admin: TcpListener,
+}
+
+pub async fn bind(cfg: &Config) -> Result<Bound, String> {
+    let mut listeners = Vec::new();
+    for l in &cfg.listeners {
+        let t = TcpListener::bind(l.listen)
+            .await
+            .map_err(|e| format!("listener {:?}: cannot listen on {}: {e}", l.name, l.listen))?;
+        listeners.push((l.name.clone(), l.protocol, t));
+    }
+    let admin = TcpListener::bind(cfg.admin.listen)
+        .await
+        .map_err(|e| format!("admin: cannot listen on {}: {e}", cfg.admin.listen))?;
+    Ok(Bound { listeners, admin })
+}
+
+impl Bound {
+    pub fn admin_addr(&self) -> std::net::SocketAddr {
+        self.admin.local_addr().expect("bound")
+    }
+
+    pub fn addr_of(&self, name: &str) -> Option<std::net::SocketAddr> {
+        self.listeners
+            .iter()
+            .find(|l| l.0 == name)
+            .and_then(|l| l.2.local_addr().ok())
+    }
+}
+
+/// Serves until `stop` fires, then drains. Returns when the drain is over.
+pub async fn run(shared: Arc<Shared>, bound: Bound, mut stop: watch::Receiver<bool>) {
+    let (tx, rx) = watch::channel(false);
+    let cfg = shared.config.load_full();
+    for (name, proto, tcp) in bound.listeners {
+        match proto {
+            Protocol::Http => {
+                let rt = ListenerRuntime::build(cfg.clone(), &name, &shared)
+                    .expect("validated listener");
+                let slot = Arc::new(ArcSwap::from_pointee(rt));
+                shared
+                    .runtimes
+                    .lock()
+                    .expect("runtimes lock")
+                    .insert(name.clone(), slot.clone());
+                tokio::spawn(crate::proxy::http::serve(
+                    tcp,
+                    slot,
+                    shared.clone(),
+                    rx.clone(),
+                ));
+            }
+            Protocol::Tcp => {
+                tokio::spawn(crate::proxy::tcp::serve(
+                    tcp,
+                    name.clone(),
+                    shared.clone(),
+                    rx.clone(),
+                ));
+            }
+        }
+        tracing::info!(listener = %name, "listening");
+    }
+    tokio::spawn(crate::admin::serve(bound.admin, shared.clone(), rx.clone()));
+    let _ = stop.changed().await;
+    shared.draining.store(true, Ordering::SeqCst);
+    let grace = shared.config.load().drain_timeout;
+    tracing::info!(
+        open_connections = shared.conns.count(),
+        ?grace,
+        "draining: no new connections, finishing in-flight requests"
+    );
+    let _ = tx.send(true);
+    if tokio::time::timeout(grace, shared.conns.wait_zero())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            open_connections = shared.conns.count(),
+            "drain timeout reached; exiting with connections still open"
+        );
+    }
+}

@@ -1,0 +1,459 @@
+//! The sidecar end to end: a real `sidecar` process in front of a fixture upstream or real storage
+//! nodes, driven over HTTP/1.1, h2c, raw TCP and its admin API.
+
+use bulwark_e2e::fixture::Fixture;
+use bulwark_e2e::{free_addr, http, wait_for, Cluster, SidecarProc};
+use std::io::{Read, Write};
+use std::time::Duration;
+
+fn inbound(listen: std::net::SocketAddr, upstream: std::net::SocketAddr, policy: &str) -> String {
+    format!(
+        "[[listener]]\nname = \"api\"\nlisten = \"{listen}\"\nupstream = \"{upstream}\"\n\n\
+         [[class_rule]]\nname = \"control\"\npath_prefix = \"/control\"\nclass = \"control\"\n\n{policy}"
+    )
+}
+
+async fn metrics(s: &SidecarProc) -> String {
+    http()
+        .get(s.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn proxies_http1_and_h2c_streaming_both_ways() {
+    let fx = Fixture::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let listen = free_addr();
+    let s = SidecarProc::start(dir.path(), "sc", &inbound(listen, fx.addr, ""));
+    s.wait_ready().await;
+
+    let r = http()
+        .get(format!("http://{listen}/ok?bytes=300000"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers().get("x-bulwark-error").is_none());
+    assert_eq!(r.bytes().await.unwrap().len(), 300_000);
+
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .no_proxy()
+        .build()
+        .unwrap();
+    let r = h2
+        .get(format!("http://{listen}/ok?bytes=70000"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.bytes().await.unwrap().len(), 70_000);
+
+    let upload = vec![7u8; 4 << 20];
+    let r = http()
+        .post(format!("http://{listen}/upload"))
+        .body(upload)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "fixture");
+
+    let m = metrics(&s).await;
+    assert!(m.contains("bulwark_requests_total{"), "{m}");
+    assert!(m.contains("listener=\"api\""), "{m}");
+    for path in ["/live", "/ready", "/config", "/circuits"] {
+        assert_eq!(
+            http().get(s.admin_url(path)).send().await.unwrap().status(),
+            200,
+            "{path}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_slow_upstream_hits_the_deadline() {
+    let fx = Fixture::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let listen = free_addr();
+    let policy =
+        "[policy.retry]\nper_try_timeout = \"200ms\"\ndeadline = \"500ms\"\nmax_retries = 1\n";
+    let s = SidecarProc::start(dir.path(), "sc", &inbound(listen, fx.addr, policy));
+    s.wait_ready().await;
+    let r = http()
+        .get(format!("http://{listen}/slow?ms=5000"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 504);
+    assert_eq!(r.headers()["x-bulwark-error"], "timeout");
+    // Retried once (GET is idempotent), never past the deadline.
+    assert!(fx.count() <= 2, "{} attempts", fx.count());
+    let r = http()
+        .get(format!("http://{listen}/slow?ms=10"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_over_its_rate_gets_429_while_others_are_served() {
+    let fx = Fixture::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let listen = free_addr();
+    let policy = "[policy.throttle]\nper_client = { per_second = 2, burst = 5 }\n";
+    let s = SidecarProc::start(dir.path(), "sc", &inbound(listen, fx.addr, policy));
+    s.wait_ready().await;
+    let url = format!("http://{listen}/ok");
+    let mut limited = 0;
+    for _ in 0..20 {
+        let r = http().get(&url).bearer_auth("greedy").send().await.unwrap();
+        if r.status() == 429 {
+            limited += 1;
+            let ra: u64 = r.headers()["retry-after"]
+                .to_str()
+                .unwrap()
+                .parse()
+                .unwrap();
+            assert!(ra >= 1, "Retry-After {ra}");
+            assert_eq!(r.headers()["x-bulwark-error"], "throttled");
+        }
+    }
+    assert!(
+        limited >= 10,
+        "only {limited} of 20 over-rate requests limited"
+    );
+    let r = http().get(&url).bearer_auth("polite").send().await.unwrap();
+    assert_eq!(r.status(), 200, "another client was throttled too");
+    assert!(metrics(&s).await.contains("throttled"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flood_beyond_the_concurrency_limit_is_shed_while_control_traffic_passes() {
+    let fx = Fixture::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let listen = free_addr();
+    let policy = "[policy.shed]\nmax_in_flight = 10\nclient_share = 0.5\n";
+    let s = SidecarProc::start(dir.path(), "sc", &inbound(listen, fx.addr, policy));
+    s.wait_ready().await;
+    // 12 slow streaming client requests: 5 fit under the client share, the rest are shed at once.
+    let slow: Vec<_> = (0..12)
+        .map(|_| {
+            let url = format!("http://{listen}/hold?ms=1500");
+            tokio::spawn(async move { http().get(url).send().await.unwrap() })
+        })
+        .collect();
+    let mut shed = 0;
+    let mut held = Vec::new();
+    for h in slow {
+        let r = h.await.unwrap();
+        if r.status() == 503 {
+            assert_eq!(r.headers()["x-bulwark-error"], "shed");
+            shed += 1;
+        } else {
+            assert_eq!(r.status(), 200);
+            held.push(r);
+        }
+    }
+    assert_eq!(held.len(), 5, "client share of 10 at 0.5");
+    assert_eq!(shed, 7);
+    // Bodies still streaming: their slots are held, yet control traffic passes.
+    let r = http()
+        .get(format!("http://{listen}/control/ping"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "control traffic was shed");
+    let r = http()
+        .get(format!("http://{listen}/ok"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        503,
+        "client traffic admitted while the share is in use"
+    );
+    for r in held {
+        assert_eq!(r.bytes().await.unwrap().len(), 60);
+    }
+    // Slots are released when bodies end.
+    let r = http()
+        .get(format!("http://{listen}/ok"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_input_gets_clear_errors_and_the_sidecar_keeps_serving() {
+    let fx = Fixture::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let listen = free_addr();
+    let out_listen = free_addr();
+    let body = format!(
+        "{}\n[[listener]]\nname = \"out\"\nlisten = \"{out_listen}\"\ndirection = \"outbound\"\nallowed_upstreams = [\"{}\"]\n",
+        inbound(listen, fx.addr, ""),
+        fx.addr
+    );
+    let s = SidecarProc::start(dir.path(), "sc", &body);
+    s.wait_ready().await;
+
+    // Malformed HTTP: a 400, then the connection closes.
+    let mut c = std::net::TcpStream::connect(listen).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    c.write_all(b"THIS IS NOT HTTP\r\n\r\n").unwrap();
+    let mut buf = String::new();
+    let _ = c.read_to_string(&mut buf);
+    assert!(buf.starts_with("HTTP/1.1 400"), "{buf:?}");
+
+    // Oversized headers: refused (431), nothing forwarded.
+    let before = fx.count();
+    let r = http()
+        .get(format!("http://{listen}/ok"))
+        .header("x-big", "a".repeat(200_000))
+        .send()
+        .await;
+    if let Ok(r) = r {
+        assert_eq!(r.status(), 431);
+    }
+    assert_eq!(fx.count(), before);
+
+    // Outbound to a peer that is not allowed.
+    let r = http()
+        .get(format!("http://{out_listen}/x"))
+        .header("host", "10.1.2.3:80")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(r.headers()["x-bulwark-error"], "no_route");
+
+    // Unknown admin path.
+    let r = http().get(s.admin_url("/nope")).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+
+    // Still serving.
+    let r = http()
+        .get(format!("http://{listen}/ok"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    // Invalid configs: exit 64 with the field at fault.
+    let cases = [
+        ("nonsense = [", "expected"),
+        ("[[listener]]\nname = \"a\"\nlisten = \"127.0.0.1:1\"\n", "upstream"),
+        ("[[listener]]\nname = \"a\"\nlisten = \"127.0.0.1:1\"\nupstream = \"x:1\"\n[policy.shed]\nclient_share = 7.0\n", "client_share"),
+        ("[admin]\nlisten = \"0.0.0.0:9901\"\n[[listener]]\nname = \"a\"\nlisten = \"127.0.0.1:1\"\nupstream = \"x:1\"\n", "token"),
+    ];
+    for (i, (text, needle)) in cases.iter().enumerate() {
+        let p = dir.path().join(format!("bad{i}.toml"));
+        std::fs::write(&p, text).unwrap();
+        let out = std::process::Command::new(bulwark_e2e::sidecar_bin())
+            .arg("check")
+            .arg(&p)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(64), "case {i}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "case {i}: {err}");
+        let out = std::process::Command::new(bulwark_e2e::sidecar_bin())
+            .arg("run")
+            .arg(&p)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(64), "run case {i}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hot_reload_validates_then_swaps_and_sigterm_drains_in_flight_requests() {
+    let fx = Fixture::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let listen = free_addr();
+    let mut s = SidecarProc::start(dir.path(), "sc", &inbound(listen, fx.addr, ""));
+    s.wait_ready().await;
+    // A long streaming response in flight across the reload.
+    let inflight = tokio::spawn({
+        let url = format!("http://{listen}/hold?ms=1500");
+        async move {
+            http()
+                .get(url)
+                .send()
+                .await
+                .unwrap()
+                .bytes()
+                .await
+                .unwrap()
+                .len()
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let text = std::fs::read_to_string(&s.config).unwrap();
+    std::fs::write(
+        &s.config,
+        format!("{text}\n[policy.throttle]\nglobal = {{ per_second = 1, burst = 1 }}\n"),
+    )
+    .unwrap();
+    let r = http().post(s.admin_url("/reload")).send().await.unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let codes: Vec<u16> = futures_join(listen, 3).await;
+    assert!(
+        codes.contains(&429),
+        "reloaded limit not applied: {codes:?}"
+    );
+    // An invalid file is rejected and the running config kept.
+    std::fs::write(&s.config, "garbage = [").unwrap();
+    let r = http().post(s.admin_url("/reload")).send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    let cfg: serde_json::Value = http()
+        .get(s.admin_url("/config"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(cfg["policy"]["throttle"]["global"]["per_second"], 1);
+    assert_eq!(
+        inflight.await.unwrap(),
+        60,
+        "the in-flight stream was cut by the reload"
+    );
+
+    // SIGTERM while a request is in flight: it completes, then the process exits 0.
+    std::fs::write(&s.config, text).unwrap();
+    let _ = http().post(s.admin_url("/reload")).send().await.unwrap();
+    let inflight = tokio::spawn({
+        let url = format!("http://{listen}/hold?ms=1000");
+        async move { http().get(url).send().await.map(|r| r.status().as_u16()) }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let pid = s.pid().unwrap();
+    std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+    let st = inflight.await.unwrap();
+    assert_eq!(st.unwrap(), 200);
+    let code = wait_for("sidecar to exit", Duration::from_secs(15), || {
+        let st = s.child().unwrap().try_wait().unwrap();
+        async move { st }
+    })
+    .await;
+    assert_eq!(code.code(), Some(0));
+}
+
+async fn futures_join(listen: std::net::SocketAddr, n: usize) -> Vec<u16> {
+    let mut v = Vec::new();
+    for _ in 0..n {
+        v.push(
+            http()
+                .get(format!("http://{listen}/ok"))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16(),
+        );
+    }
+    v
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_node_opens_its_circuit_calls_fail_fast_and_it_closes_on_return() {
+    let mut c = Cluster::start(1, &[]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let listen = free_addr();
+    let policy = "[policy.breaker]\nconsecutive_failures = 3\nopen_base = \"1s\"\nopen_max = \"2s\"\n[policy.retry]\nmax_retries = 0\n";
+    let s = SidecarProc::start(dir.path(), "sc", &inbound(listen, c.nodes[0].rpc, policy));
+    s.wait_ready().await;
+    let url = format!("http://{listen}/api/v0/version");
+    assert_eq!(http().post(&url).send().await.unwrap().status(), 200);
+
+    c.nodes[0].kill9();
+    // Connection refused a few times, then the circuit answers by itself.
+    let r = wait_for("the circuit to open", Duration::from_secs(10), || {
+        let req = http().post(&url).send();
+        async move {
+            let r = req.await.ok()?;
+            (r.headers().get("x-bulwark-circuit").is_some()).then_some(r)
+        }
+    })
+    .await;
+    assert_eq!(r.status(), 503);
+    assert!(r.headers()["x-bulwark-circuit"]
+        .to_str()
+        .unwrap()
+        .starts_with("open"));
+    let circuits: serde_json::Value = http()
+        .get(s.admin_url("/circuits"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(circuits.to_string().contains("open"), "{circuits}");
+
+    c.nodes[0].start();
+    c.nodes[0].wait_ready().await;
+    wait_for("the circuit to close", Duration::from_secs(10), || {
+        let req = http().post(&url).send();
+        async move { (req.await.ok()?.status() == 200).then_some(()) }
+    })
+    .await;
+    let circuits: serde_json::Value = http()
+        .get(s.admin_url("/circuits"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(circuits.to_string().contains("closed"), "{circuits}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tcp_listeners_proxy_bytes_and_count_them() {
+    let echo = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let echo_addr = echo.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = echo.accept().await.unwrap();
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let listen = free_addr();
+    let body = format!("[[listener]]\nname = \"nbd\"\nprotocol = \"tcp\"\nlisten = \"{listen}\"\nupstream = \"{echo_addr}\"\n");
+    let s = SidecarProc::start(dir.path(), "sc", &body);
+    s.wait_ready().await;
+    let mut c = std::net::TcpStream::connect(listen).unwrap();
+    c.write_all(b"ping over tcp").unwrap();
+    c.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut back = Vec::new();
+    c.read_to_end(&mut back).unwrap();
+    assert_eq!(back, b"ping over tcp");
+    let m = wait_for("byte counters", Duration::from_secs(5), || async {
+        let m = metrics(&s).await;
+        m.contains("bulwark_tcp_bytes_total{listener=\"nbd\",direction=\"upstream\"} 13")
+            .then_some(m)
+    })
+    .await;
+    assert!(m.contains("direction=\"downstream\"} 13"), "{m}");
+}
