@@ -404,3 +404,92 @@ impl Drop for SidecarProc {
 pub fn free_addr() -> SocketAddr {
     addr("127.0.0.1")
 }
+
+/// One host of a mesh: a storage node behind its sidecar, the node's peer traffic leaving through
+/// the sidecar's outbound listener.
+pub struct MeshHost {
+    pub node: NodeProc,
+    pub sidecar: SidecarProc,
+    /// Public addresses (the sidecar's).
+    pub rpc: SocketAddr,
+    pub cluster: SocketAddr,
+    pub peer: SocketAddr,
+}
+
+impl MeshHost {
+    pub fn rpc_url(&self, cmd: &str) -> String {
+        format!("http://{}/api/v0/{cmd}", self.rpc)
+    }
+    pub fn cluster_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.cluster)
+    }
+}
+
+/// `n` hosts on loopback, like `deploy/local/cluster` but on free ports. `policy` is extra sidecar
+/// TOML (e.g. breaker settings).
+pub async fn start_mesh(dir: &Path, n: usize, policy: &str) -> Vec<MeshHost> {
+    let key = Cluster::key_file(dir, "swarm.key");
+    let pubs: Vec<(SocketAddr, SocketAddr, SocketAddr, SocketAddr)> = (0..n)
+        .map(|_| {
+            (
+                addr("127.0.0.1"),
+                addr("127.0.0.1"),
+                addr("127.0.0.1"),
+                addr("127.0.0.1"),
+            )
+        })
+        .collect();
+    let peers: Vec<String> = pubs.iter().map(|p| format!("\"{}\"", p.2)).collect();
+    let mut hosts = Vec::new();
+    for (i, (rpc, cluster, peer, out)) in pubs.iter().enumerate() {
+        let mut extra = vec![
+            "--advertise".to_string(),
+            peer.to_string(),
+            "--outbound-proxy".to_string(),
+            out.to_string(),
+        ];
+        if i > 0 {
+            extra.extend(["--bootstrap".to_string(), pubs[0].2.to_string()]);
+        }
+        let node = NodeProc::init(dir, &format!("node{}", i + 1), &key, &extra);
+        let cfg = format!(
+            "[[listener]]\nname = \"rpc\"\nlisten = \"{rpc}\"\nupstream = \"{}\"\n\n\
+             [[listener]]\nname = \"cluster\"\nlisten = \"{cluster}\"\nupstream = \"{}\"\n\n\
+             [[listener]]\nname = \"peer-in\"\nlisten = \"{peer}\"\nupstream = \"{}\"\nclass = \"replication\"\n\n\
+             [[listener]]\nname = \"peer-out\"\nlisten = \"{out}\"\ndirection = \"outbound\"\nallowed_upstreams = [{}]\nclass = \"replication\"\n\n\
+             [[class_rule]]\nname = \"peer-hello\"\npath_prefix = \"/peer/v1/hello\"\nclass = \"control\"\n\n{policy}",
+            node.rpc,
+            node.cluster,
+            node.peer,
+            peers.join(", ")
+        );
+        let sidecar = SidecarProc::start(dir, &format!("sidecar{}", i + 1), &cfg);
+        hosts.push(MeshHost {
+            node,
+            sidecar,
+            rpc: *rpc,
+            cluster: *cluster,
+            peer: *peer,
+        });
+    }
+    for h in hosts.iter_mut() {
+        h.sidecar.wait_ready().await;
+        h.node.start();
+    }
+    for h in &hosts {
+        h.node.wait_ready().await;
+    }
+    // Everyone sees everyone, through the sidecars.
+    for h in &hosts {
+        let url = h.cluster_url("/peers");
+        wait_for("mesh membership", Duration::from_secs(20), || {
+            let req = http().get(&url).send();
+            async move {
+                let t = req.await.ok()?.text().await.ok()?;
+                (t.lines().filter(|l| l.contains("\"error\":\"\"")).count() == n).then_some(())
+            }
+        })
+        .await;
+    }
+    hosts
+}
