@@ -96,6 +96,15 @@ async fn route(shared: &Shared, req: http::Request<Incoming>) -> Response {
         }
         (Method::GET, "/config") => json(&cfg.redacted()),
         (Method::GET, "/circuits") => json(&shared.breakers.snapshot()),
+        (Method::GET, "/stats") => {
+            let in_flight: std::collections::BTreeMap<String, usize> =
+                shared.in_flight().into_iter().collect();
+            json(&serde_json::json!({
+                "open_connections": shared.conns.count(),
+                "draining": shared.draining.load(Ordering::SeqCst),
+                "in_flight": in_flight,
+            }))
+        }
         (Method::GET, "/log-level") => match &shared.log {
             Some(l) => text(StatusCode::OK, format!("{}\n", l.level())),
             None => text(
@@ -129,11 +138,11 @@ async fn route(shared: &Shared, req: http::Request<Incoming>) -> Response {
         },
         (
             _,
-            "/live" | "/ready" | "/metrics" | "/config" | "/circuits" | "/log-level" | "/reload",
+            "/live" | "/ready" | "/metrics" | "/config" | "/circuits" | "/stats" | "/log-level" | "/reload",
         ) => text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
         _ => text(
             StatusCode::NOT_FOUND,
-            "unknown admin path; try /metrics /ready /live /config /circuits /log-level /reload\n",
+            "unknown admin path; try /metrics /ready /live /config /circuits /stats /log-level /reload\n",
         ),
     }
 }

@@ -28,6 +28,7 @@ pub enum ConfigError {
 pub struct Config {
     pub admin: AdminConfig,
     pub log: LogConfig,
+    pub telemetry: TelemetryConfig,
     #[serde(rename = "listener")]
     pub listeners: Vec<ListenerConfig>,
     /// Policies for every HTTP listener unless the listener overrides them.
@@ -70,6 +71,28 @@ impl Default for LogConfig {
         Self {
             level: "info".into(),
             format: LogFormat::Plain,
+        }
+    }
+}
+
+/// OpenTelemetry trace export. Off unless an endpoint is set; then every proxied request is a
+/// server span that continues the caller's W3C trace and is passed on upstream in `traceparent`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TelemetryConfig {
+    /// OTLP/gRPC collector, e.g. `http://127.0.0.1:4317`.
+    pub otlp_endpoint: Option<String>,
+    pub service_name: String,
+    /// Share of new traces sampled (callers' sampling decisions are kept).
+    pub sample_ratio: f64,
+}
+
+impl Default for TelemetryConfig {
+    fn default() -> Self {
+        Self {
+            otlp_endpoint: None,
+            service_name: "bulwark-sidecar".into(),
+            sample_ratio: 1.0,
         }
     }
 }
@@ -266,6 +289,19 @@ impl Config {
             return Err(format!(
                 "admin.listen {} is not loopback: set admin.token (the admin API can change the proxy)",
                 self.admin.listen
+            ));
+        }
+        if let Some(e) = &self.telemetry.otlp_endpoint {
+            if !(e.starts_with("http://") || e.starts_with("https://")) {
+                return Err(format!(
+                    "telemetry.otlp_endpoint {e:?}: must be an http:// or https:// URL"
+                ));
+            }
+        }
+        if !(0.0..=1.0).contains(&self.telemetry.sample_ratio) {
+            return Err(format!(
+                "telemetry.sample_ratio {} must be within 0..=1",
+                self.telemetry.sample_ratio
             ));
         }
         tracing_subscriber::EnvFilter::try_new(&self.log.level)

@@ -52,9 +52,16 @@ fn run(path: PathBuf) -> i32 {
             return EXIT_CONFIG;
         }
     };
-    let log = sidecar::telemetry::init(&cfg.log.level, cfg.log.format);
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     rt.block_on(async move {
+        let (log, telemetry) =
+            match sidecar::telemetry::init(&cfg.log.level, cfg.log.format, &cfg.telemetry) {
+                Ok(v) => v,
+                Err(e) => {
+                    eprintln!("Error: {e}");
+                    return 1;
+                }
+            };
         let bound = match sidecar::server::bind(&cfg).await {
             Ok(b) => b,
             Err(e) => {
@@ -62,7 +69,10 @@ fn run(path: PathBuf) -> i32 {
                 return 1;
             }
         };
-        let shared = sidecar::server::Shared::new(cfg, Some(path), Some(log));
+        let mut shared = sidecar::server::Shared::new(cfg, Some(path), Some(log));
+        std::sync::Arc::get_mut(&mut shared)
+            .expect("not shared yet")
+            .tracing = telemetry.tracing_enabled();
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let signals = {
             let shared = shared.clone();
@@ -83,6 +93,7 @@ fn run(path: PathBuf) -> i32 {
         tracing::info!(admin = %bound.admin_addr(), "sidecar ready");
         sidecar::server::run(shared, bound, stop_rx).await;
         signals.abort();
+        drop(telemetry); // flush spans
         0
     })
 }

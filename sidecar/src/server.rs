@@ -2,12 +2,12 @@
 //! (validate, then swap), and drain on SIGTERM (stop accepting, let in-flight work finish within
 //! `drain_timeout`).
 
-use crate::config::{Config, Protocol};
+use crate::config::{Config, PolicyConfig, Protocol};
 use crate::metrics::{ProxyMetrics, ReloadLabels};
 use crate::policy::breaker::{BreakerMetrics, BreakerRegistry};
-use crate::policy::retry::RetryMetrics;
-use crate::policy::shed::ShedMetrics;
-use crate::policy::throttle::ThrottleMetrics;
+use crate::policy::retry::{RetryLayer, RetryMetrics};
+use crate::policy::shed::{ShedLayer, ShedMetrics};
+use crate::policy::throttle::{ThrottleLayer, ThrottleMetrics};
 use crate::proxy::http::ListenerRuntime;
 use crate::telemetry::LogHandle;
 use arc_swap::ArcSwap;
@@ -71,7 +71,20 @@ pub struct Shared {
     pub conns: ConnCounter,
     pub draining: AtomicBool,
     pub log: Option<LogHandle>,
+    /// OTLP export is on: proxied requests get spans.
+    pub tracing: bool,
     runtimes: Mutex<HashMap<String, Arc<ArcSwap<ListenerRuntime>>>>,
+    layers: Mutex<HashMap<String, PolicyLayers>>,
+}
+
+/// A listener's stateful policy layers. A reload keeps each one (its limiter state, in-flight count,
+/// retry budget) unless that policy's own configuration changed.
+#[derive(Clone)]
+pub struct PolicyLayers {
+    config: PolicyConfig,
+    pub throttle: ThrottleLayer,
+    pub shed: ShedLayer,
+    pub retry: RetryLayer,
 }
 
 impl Shared {
@@ -100,8 +113,47 @@ impl Shared {
             conns: ConnCounter::default(),
             draining: AtomicBool::new(false),
             log,
+            tracing: false,
             runtimes: Mutex::new(HashMap::new()),
+            layers: Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The policy layers for a listener under `policy`, reusing the current ones where unchanged.
+    pub fn policy_layers(&self, listener: &str, policy: &PolicyConfig) -> PolicyLayers {
+        let mut all = self.layers.lock().expect("layers lock");
+        let old = all.get(listener);
+        let throttle = match old {
+            Some(o) if o.config.throttle == policy.throttle => o.throttle.clone(),
+            _ => ThrottleLayer::new(policy.throttle.clone(), self.throttle_metrics.clone()),
+        };
+        let shed = match old {
+            Some(o) if o.config.shed == policy.shed => o.shed.clone(),
+            _ => ShedLayer::new(policy.shed.clone(), self.shed_metrics.clone()),
+        };
+        let retry = match old {
+            Some(o) if o.config.retry == policy.retry => o.retry.clone(),
+            _ => RetryLayer::new(policy.retry.clone(), self.retry_metrics.clone()),
+        };
+        let layers = PolicyLayers {
+            config: policy.clone(),
+            throttle,
+            shed,
+            retry,
+        };
+        all.insert(listener.to_string(), layers.clone());
+        layers
+    }
+
+    /// In-flight requests per listener (admin `/stats`).
+    pub fn in_flight(&self) -> Vec<(String, usize)> {
+        let all = self.layers.lock().expect("layers lock");
+        let mut v: Vec<(String, usize)> = all
+            .iter()
+            .map(|(k, l)| (k.clone(), l.shed.handle().in_flight()))
+            .collect();
+        v.sort();
+        v
     }
 
     /// Validates `text` as a whole new configuration and swaps it in. Listener addresses and

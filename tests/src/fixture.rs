@@ -143,3 +143,81 @@ impl Fixture {
         self.requests.load(Ordering::SeqCst)
     }
 }
+
+/// A stand-in OTLP/gRPC collector: accepts `TraceService/Export` calls over h2c, answers OK, and
+/// keeps the raw request bodies (protobuf; tests look for strings in them).
+pub struct OtlpSink {
+    pub addr: SocketAddr,
+    pub bodies: Arc<std::sync::Mutex<Vec<(String, Bytes)>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for OtlpSink {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl OtlpSink {
+    pub async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let bodies: Arc<std::sync::Mutex<Vec<(String, Bytes)>>> = Arc::default();
+        let store = bodies.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let store = store.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
+                        let store = store.clone();
+                        async move {
+                            let path = req.uri().path().to_string();
+                            let body = req
+                                .into_body()
+                                .collect()
+                                .await
+                                .map(|b| b.to_bytes())
+                                .unwrap_or_default();
+                            store.lock().expect("sink lock").push((path, body));
+                            // An empty ExportTraceServiceResponse, gRPC-framed, then grpc-status 0.
+                            let frames: Vec<Result<Frame<Bytes>, Infallible>> = vec![
+                                Ok(Frame::data(Bytes::from_static(&[0, 0, 0, 0, 0]))),
+                                Ok(Frame::trailers({
+                                    let mut t = hyper::HeaderMap::new();
+                                    t.insert("grpc-status", "0".parse().expect("hv"));
+                                    t
+                                })),
+                            ];
+                            let mut r =
+                                hyper::Response::new(StreamBody::new(futures_iter(frames)).boxed());
+                            r.headers_mut()
+                                .insert("content-type", "application/grpc".parse().expect("hv"));
+                            Ok::<_, Infallible>(r)
+                        }
+                    });
+                    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        Self { addr, bodies, task }
+    }
+
+    pub fn received(&self) -> Vec<(String, Bytes)> {
+        self.bodies.lock().expect("sink lock").clone()
+    }
+}
+
+fn futures_iter<T: Send + 'static>(items: Vec<T>) -> ReceiverStream<T> {
+    let (tx, rx) = tokio::sync::mpsc::channel(items.len().max(1));
+    for i in items {
+        let _ = tx.try_send(i);
+    }
+    ReceiverStream(rx)
+}

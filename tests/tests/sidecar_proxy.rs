@@ -457,3 +457,59 @@ async fn tcp_listeners_proxy_bytes_and_count_them() {
     .await;
     assert!(m.contains("direction=\"downstream\"} 13"), "{m}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn requests_are_traced_to_an_otlp_collector_and_the_w3c_trace_is_continued() {
+    let fx = Fixture::start().await;
+    let sink = bulwark_e2e::fixture::OtlpSink::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let listen = free_addr();
+    let body = format!(
+        "[telemetry]\notlp_endpoint = \"http://{}\"\nservice_name = \"sidecar-under-test\"\n\n{}",
+        sink.addr,
+        inbound(listen, fx.addr, "")
+    );
+    let mut s = SidecarProc::start(dir.path(), "sc", &body);
+    s.wait_ready().await;
+    let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let r = http()
+        .get(format!("http://{listen}/ok"))
+        .header("traceparent", format!("00-{trace_id}-00f067aa0ba902b7-01"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // Spans are batched: SIGTERM flushes them on the way out.
+    std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(s.pid().unwrap().to_string())
+        .status()
+        .unwrap();
+    wait_for("the sidecar to exit", Duration::from_secs(15), || {
+        let st = s.child().unwrap().try_wait().unwrap();
+        async move { st }
+    })
+    .await;
+    let got = wait_for("an OTLP export", Duration::from_secs(10), || {
+        let got = sink.received();
+        async move { (!got.is_empty()).then_some(got) }
+    })
+    .await;
+    assert!(
+        got.iter()
+            .all(|(p, _)| p == "/opentelemetry.proto.collector.trace.v1.TraceService/Export"),
+        "{got:?}"
+    );
+    let all: Vec<u8> = got.iter().flat_map(|(_, b)| b.to_vec()).collect();
+    let contains = |needle: &[u8]| all.windows(needle.len()).any(|w| w == needle);
+    assert!(contains(b"sidecar-under-test"), "service name missing");
+    assert!(contains(b"proxy"), "span name missing");
+    // The span joined the caller's trace (trace id bytes are in the export).
+    let tid: Vec<u8> = (0..16)
+        .map(|i| u8::from_str_radix(&trace_id[2 * i..2 * i + 2], 16).unwrap())
+        .collect();
+    assert!(
+        contains(&tid),
+        "the caller's trace id is not in the exported span"
+    );
+}

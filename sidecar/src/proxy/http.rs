@@ -9,9 +9,6 @@ use crate::classify::ClientId;
 use crate::config::{Config, Direction, ListenerConfig};
 use crate::metrics::{status_class, ErrorLabels, ListenerLabels, RequestLabels, RouteLabels};
 use crate::policy::breaker::{BreakerLayer, UpstreamName};
-use crate::policy::retry::RetryLayer;
-use crate::policy::shed::ShedLayer;
-use crate::policy::throttle::ThrottleLayer;
 use crate::proxy::forward::{Forward, Target};
 use crate::server::Shared;
 use crate::{Request, Response};
@@ -57,24 +54,16 @@ impl ListenerRuntime {
             }
         };
         let forward = Forward::new(target, listener.connect_timeout);
+        let layers = shared.policy_layers(name, &policy);
         let stack = ServiceBuilder::new()
-            .layer(ThrottleLayer::new(
-                policy.throttle.clone(),
-                shared.throttle_metrics.clone(),
-            ))
-            .layer(ShedLayer::new(
-                policy.shed.clone(),
-                shared.shed_metrics.clone(),
-            ))
+            .layer(layers.throttle)
+            .layer(layers.shed)
             .layer(BreakerLayer::new(
                 policy.breaker.clone(),
                 shared.breakers.clone(),
                 shared.breaker_metrics.clone(),
             ))
-            .layer(RetryLayer::new(
-                policy.retry.clone(),
-                shared.retry_metrics.clone(),
-            ))
+            .layer(layers.retry)
             .service(forward.clone());
         Some(Self {
             cfg,
@@ -188,6 +177,7 @@ async fn handle_inner(
         Ok(a) => a.to_string(),
         Err(e) => return answer(&rt, &shared, &route, class, "-", start, Err(e)),
     };
+    let method = req.method().clone();
     let h = req.headers_mut();
     if !h.contains_key("x-request-id") {
         h.insert(
@@ -195,7 +185,7 @@ async fn handle_inner(
             hex_header(&rand::random::<u128>().to_be_bytes()),
         );
     }
-    if !h.contains_key("traceparent") {
+    if !shared.tracing && !h.contains_key("traceparent") {
         // W3C trace context: start a trace here so every hop behind us shares it.
         let tp = format!(
             "00-{}-{}-01",
@@ -204,6 +194,9 @@ async fn handle_inner(
         );
         h.insert("traceparent", HeaderValue::from_str(&tp).expect("hex"));
     }
+    let span = shared
+        .tracing
+        .then(|| crate::telemetry::request_span(&rt.listener.name, &route, h, &method));
     let ext = req.extensions_mut();
     ext.insert(class);
     ext.insert(client);
@@ -212,9 +205,21 @@ async fn handle_inner(
     // rustc's higher-ranked Send inference in spawned tasks; the boxed future is concrete.
     let mut svc = rt.stack.clone();
     let res = match futures::future::poll_fn(|cx| tower::Service::poll_ready(&mut svc, cx)).await {
-        Ok(()) => tower::Service::call(&mut svc, req).await,
+        Ok(()) => {
+            let fut = tower::Service::call(&mut svc, req);
+            match &span {
+                Some(span) => {
+                    use tracing::Instrument;
+                    fut.instrument(span.clone()).await
+                }
+                None => fut.await,
+            }
+        }
         Err(e) => Err(e),
     };
+    if let (Some(span), Ok(r)) = (&span, &res) {
+        span.record("http.response.status_code", r.status().as_u16());
+    }
     answer(&rt, &shared, &route, class, &upstream, start, res)
 }
 
