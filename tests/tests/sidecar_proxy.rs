@@ -513,3 +513,44 @@ async fn requests_are_traced_to_an_otlp_collector_and_the_w3c_trace_is_continued
         "the caller's trace id is not in the exported span"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_reloads_the_config_file() {
+    let fx = Fixture::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let listen = free_addr();
+    let s = SidecarProc::start(dir.path(), "sc", &inbound(listen, fx.addr, ""));
+    s.wait_ready().await;
+    let text = std::fs::read_to_string(&s.config).unwrap();
+    std::fs::write(
+        &s.config,
+        format!("{text}\n[policy.shed]\nmax_in_flight = 77\n"),
+    )
+    .unwrap();
+    std::process::Command::new("kill")
+        .arg("-HUP")
+        .arg(s.pid().unwrap().to_string())
+        .status()
+        .unwrap();
+    let url = s.admin_url("/config");
+    wait_for("the reloaded config", Duration::from_secs(10), || {
+        let req = http().get(&url).send();
+        async move {
+            let cfg: serde_json::Value = req.await.ok()?.json().await.ok()?;
+            (cfg["policy"]["shed"]["max_in_flight"] == 77).then_some(())
+        }
+    })
+    .await;
+    assert_eq!(
+        http()
+            .get(format!("http://{listen}/ok"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    assert!(metrics(&s)
+        .await
+        .contains("bulwark_config_reloads_total{result=\"ok\"} 1"));
+}
