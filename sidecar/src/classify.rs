@@ -19,6 +19,14 @@ pub enum TrafficClass {
 impl TrafficClass {
     pub const ALL: [TrafficClass; 3] = [Self::Control, Self::Replication, Self::Client];
 
+    /// The class the edge put on a request; unclassified requests are client traffic.
+    pub fn of<B>(req: &http::Request<B>) -> Self {
+        req.extensions()
+            .get::<TrafficClass>()
+            .copied()
+            .unwrap_or(TrafficClass::Client)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Control => "control",

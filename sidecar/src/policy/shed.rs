@@ -269,11 +269,7 @@ where
     }
 
     fn call(&mut self, req: Request) -> Self::Future {
-        let class = req
-            .extensions()
-            .get::<TrafficClass>()
-            .copied()
-            .unwrap_or(TrafficClass::Client);
+        let class = TrafficClass::of(&req);
         let permit = match self.shared.try_acquire(class) {
             Ok(p) => p,
             Err(limit) => {

@@ -531,11 +531,7 @@ where
     }
 
     fn call(&mut self, req: Request) -> Self::Future {
-        let class = req
-            .extensions()
-            .get::<TrafficClass>()
-            .copied()
-            .unwrap_or(TrafficClass::Client);
+        let class = TrafficClass::of(&req);
         if self.shared.exempt[class_index(class)] {
             return Box::pin(self.inner.call(req));
         }
