@@ -23,6 +23,8 @@
 #                    if missing (one-time, ~7 min on 2 cores; the anchors' tool; not in Debian)
 #   BUILD=1          cargo build --release -p sidecar first (BUILD=0: use the existing binary)
 #   SIDECAR=path     binary to test (default target/release/sidecar of this workspace)
+#   SIDECAR_B=path   a second binary (e.g. a candidate fix built elsewhere), run as target
+#                    "sidecar-b" with the plain config in the same interleaved run (an A/B)
 #   PROFILE=0|1      1: after the runs, perf record -e cpu-clock of the sidecar at 1 KiB (flat and
 #                    call-graph reports into $OUT/perf-*.txt)
 #   QUIET_WAIT=30    seconds to wait for an idle machine before each measured run
@@ -45,7 +47,7 @@ TARGETS=${TARGETS:-"direct sidecar sidecar-all haproxy nginx"}
 RATE=${RATE:-3000}; RATE_SIZE=${RATE_SIZE:-1k}; OHA_CONNS=${OHA_CONNS:-16}
 INSTALL=${INSTALL:-1}; BUILD=${BUILD:-1}; PROFILE=${PROFILE:-0}
 SIDECAR=${SIDECAR:-$ROOT/target/release/sidecar}
-OUT=${OUT:-$HERE/results/$(date -u +%Y%m%dT%H%M%SZ)}
+OUT=${OUT:-$HERE/proxy/results/$(date -u +%Y%m%dT%H%M%SZ)}
 case $LAYOUT in
   A) CPU_LOAD=1; CPU_PROXY=0; CPU_BACKEND=0 ;;
   B) CPU_LOAD=1; CPU_PROXY=0; CPU_BACKEND=1 ;;
@@ -56,9 +58,14 @@ esac
 PY=python3; command -v $PY >/dev/null || PY=/usr/bin/python3
 
 P_BACKEND=18080; P_HAPROXY=18081; P_NGINX=18082; P_SIDECAR=18084; P_SIDECAR_ALL=18085
-P_ADMIN=19901; P_ADMIN_ALL=19902
+P_ADMIN=19901; P_ADMIN_ALL=19902; P_SIDECAR_B=18086; P_ADMIN_B=19903
 declare -A PORT=([direct]=$P_BACKEND [haproxy]=$P_HAPROXY [nginx]=$P_NGINX
-                 [sidecar]=$P_SIDECAR [sidecar-all]=$P_SIDECAR_ALL)
+                 [sidecar]=$P_SIDECAR [sidecar-all]=$P_SIDECAR_ALL [sidecar-b]=$P_SIDECAR_B)
+SIDECAR_B=${SIDECAR_B:-}
+if [ -n "$SIDECAR_B" ] && [[ " $TARGETS " != *" sidecar-b "* ]]; then
+  TARGETS=${TARGETS/sidecar /sidecar sidecar-b }
+  [[ " $TARGETS " == *" sidecar-b "* ]] || TARGETS="$TARGETS sidecar-b"
+fi
 
 # ---------------------------------------------------------------------------------------------
 # 1. Tools
@@ -94,7 +101,7 @@ fi
 
 # ---------------------------------------------------------------------------------------------
 # 2. Configs and servers
-for p in $P_BACKEND $P_HAPROXY $P_NGINX $P_SIDECAR $P_SIDECAR_ALL $P_ADMIN $P_ADMIN_ALL; do
+for p in $P_BACKEND $P_HAPROXY $P_NGINX $P_SIDECAR $P_SIDECAR_ALL $P_ADMIN $P_ADMIN_ALL $P_SIDECAR_B $P_ADMIN_B; do
   if ss -Hltn "sport = :$p" | grep -q .; then echo "port $p is busy" >&2; exit 1; fi
 done
 RUN=$(mktemp -d /tmp/bulwark-proxy-bench.XXXXXX)
@@ -133,6 +140,10 @@ render sidecar.toml.in sidecar.toml $P_SIDECAR $P_ADMIN
 render sidecar-all.toml.in sidecar-all.toml $P_SIDECAR_ALL $P_ADMIN_ALL
 "$SIDECAR" check "$RUN/sidecar.toml" >/dev/null
 "$SIDECAR" check "$RUN/sidecar-all.toml" >/dev/null
+if [ -n "$SIDECAR_B" ]; then
+  render sidecar.toml.in sidecar-b.toml $P_SIDECAR_B $P_ADMIN_B
+  "$SIDECAR_B" check "$RUN/sidecar-b.toml" >/dev/null
+fi
 
 taskset -c "$CPU_BACKEND" nginx -c "$RUN/backend.conf" -e "$RUN/backend.err" & PID[backend]=$!
 for t in $TARGETS; do case $t in
@@ -145,11 +156,14 @@ for t in $TARGETS; do case $t in
            PID[sidecar]=$! ;;
   sidecar-all) taskset -c "$CPU_PROXY" "$SIDECAR" run "$RUN/sidecar-all.toml" >"$RUN/sidecar-all.log" 2>&1 &
                PID[sidecar-all]=$! ;;
+  sidecar-b) [ -n "$SIDECAR_B" ] || { echo "target sidecar-b needs SIDECAR_B=path" >&2; exit 2; }
+             taskset -c "$CPU_PROXY" "$SIDECAR_B" run "$RUN/sidecar-b.toml" >"$RUN/sidecar-b.log" 2>&1 &
+             PID[sidecar-b]=$! ;;
   *) echo "unknown target $t" >&2; exit 2 ;;
 esac; done
 
 for t in $TARGETS; do
-  case $t in sidecar) adm=$P_ADMIN ;; sidecar-all) adm=$P_ADMIN_ALL ;; *) adm= ;; esac
+  case $t in sidecar) adm=$P_ADMIN ;; sidecar-all) adm=$P_ADMIN_ALL ;; sidecar-b) adm=$P_ADMIN_B ;; *) adm= ;; esac
   for i in $(seq 100); do
     [ -z "$adm" ] && break
     curl -sf -o /dev/null "http://127.0.0.1:$adm/ready" && break
@@ -178,6 +192,13 @@ ticks() {  # utime+stime of the process tree (all threads), clock ticks
   done
   echo $sum
 }
+sticks() {  # stime alone (kernel share) of the process tree, clock ticks
+  local sum=0 c
+  for c in $(tree "$1"); do
+    [ -r "/proc/$c/stat" ] && sum=$((sum + $(awk '{print $15}' "/proc/$c/stat")))
+  done
+  echo $sum
+}
 hwm_kib() {  # peak RSS (VmHWM) summed over the process tree, KiB
   local sum=0 c v
   for c in $(tree "$1"); do
@@ -201,20 +222,20 @@ to_us() { awk -v v="$1" 'BEGIN{ if (v ~ /us$/) {sub(/us/,"",v); print v+0}
 proxy_of() { [ "$1" = direct ] && echo "" || echo "${PID[$1]}"; }
 
 TSV=$OUT/wrk.tsv
-echo -e "layout\trep\tsize\ttarget\trps\tp50_us\tp90_us\tp99_us\treqs\terrs\tproxy_cpu_s\tbackend_cpu_s\tload_cpu_s\tproxy_cpu_us_per_req\tbackend_cpu_us_per_req\tproxy_hwm_kib\tother_cpu_s\tsteal_s" > "$TSV"
+echo -e "layout\trep\tsize\ttarget\trps\tp50_us\tp90_us\tp99_us\treqs\terrs\tproxy_cpu_s\tbackend_cpu_s\tload_cpu_s\tproxy_cpu_us_per_req\tbackend_cpu_us_per_req\tproxy_hwm_kib\tother_cpu_s\tsteal_s\tproxy_sys_us_per_req" > "$TSV"
 TIMEFORMAT='%U %S'
 run_wrk() {  # rep size target [warm]
   local rep=$1 s=$2 t=$3 warm=${4:-} d=$DUR pp
   pp=$(proxy_of "$t")
   [ -n "$warm" ] && d=$WARM
   [ -z "$warm" ] && wait_quiet
-  local pb=0 bb sb pa=0 ba sa
-  [ -n "$pp" ] && pb=$(ticks "$pp")
+  local pb=0 bb sb pa=0 ba sa psb=0 psa=0
+  [ -n "$pp" ] && { pb=$(ticks "$pp"); psb=$(sticks "$pp"); }
   bb=$(ticks "${PID[backend]}"); sb=$(sysbusy)
   { time taskset -c "$CPU_LOAD" wrk -t1 -c"$CONNS" -d"${d}s" --latency \
       "http://127.0.0.1:${PORT[$t]}/$s" >"$RUN/wrk.out" 2>&1 ; } 2>"$RUN/time.out"
   [ -n "$warm" ] && return 0
-  [ -n "$pp" ] && pa=$(ticks "$pp")
+  [ -n "$pp" ] && { pa=$(ticks "$pp"); psa=$(sticks "$pp"); }
   ba=$(ticks "${PID[backend]}"); sa=$(sysbusy)
   cp "$RUN/wrk.out" "$OUT/wrk-$rep-$s-$t.txt"
   local rps p50 p90 p99 reqs errs lcpu pcpu bcpu per bper hwm other steal
@@ -230,19 +251,25 @@ run_wrk() {  # rep size target [warm]
   per=$(awk -v c="$pcpu" -v r="$reqs" 'BEGIN{ if (r>0) printf "%.2f", c*1e6/r; else print "NA"}')
   bper=$(awk -v c="$bcpu" -v r="$reqs" 'BEGIN{ if (r>0) printf "%.2f", c*1e6/r; else print "NA"}')
   hwm=NA; [ -n "$pp" ] && hwm=$(hwm_kib "$pp")
+  local sper
+  sper=$(awk -v a="$psa" -v b="$psb" -v hz="$HZ" -v r="$reqs" 'BEGIN{ if (r>0) printf "%.2f", (a-b)/hz*1e6/r; else print "NA"}')
   # other = CPU used by anything but proxy, backend and wrk during the run (interference check)
   read -r other steal < <(awk -v b="$sb" -v a="$sa" -v m="$pcpu $bcpu $lcpu" -v hz="$HZ" 'BEGIN{
     split(b,B," "); split(a,A," "); split(m,M," ");
     printf "%.2f %.2f\n", (A[1]-B[1])/hz-M[1]-M[2]-M[3], (A[2]-B[2])/hz }')
-  echo -e "$LAYOUT\t$rep\t$s\t$t\t$rps\t$p50\t$p90\t$p99\t$reqs\t$errs\t$pcpu\t$bcpu\t$lcpu\t$per\t$bper\t$hwm\t$other\t$steal" | tee -a "$TSV"
+  echo -e "$LAYOUT\t$rep\t$s\t$t\t$rps\t$p50\t$p90\t$p99\t$reqs\t$errs\t$pcpu\t$bcpu\t$lcpu\t$per\t$bper\t$hwm\t$other\t$steal\t$sper" | tee -a "$TSV"
 }
 
 # ---------------------------------------------------------------------------------------------
 # 4. Saturation runs (wrk), interleaved rep -> size -> target
 START=$(date -u +%FT%TZ)
-for s in $SIZES; do for t in $TARGETS; do run_wrk 0 "$s" "$t" warm; done; done
+# Warm-ups right before the first rep of each size, so the peak RSS read after a 1 KiB run of rep 1
+# has seen no 64 KiB load yet (VmHWM only grows; the table reports the first rep's value).
 for rep in $(seq "$REPS"); do
-  for s in $SIZES; do for t in $TARGETS; do run_wrk "$rep" "$s" "$t"; done; done
+  for s in $SIZES; do
+    [ "$rep" = 1 ] && for t in $TARGETS; do run_wrk 0 "$s" "$t" warm; done
+    for t in $TARGETS; do run_wrk "$rep" "$s" "$t"; done
+  done
 done
 
 # ---------------------------------------------------------------------------------------------
@@ -268,7 +295,7 @@ for t in $TARGETS; do case $t in
   sidecar) curl -s "http://127.0.0.1:$P_ADMIN/metrics" > "$OUT/metrics-sidecar.txt" || true ;;
   sidecar-all) curl -s "http://127.0.0.1:$P_ADMIN_ALL/metrics" > "$OUT/metrics-sidecar-all.txt" || true ;;
 esac; done
-for t in sidecar sidecar-all; do
+for t in sidecar sidecar-all sidecar-b; do
   [ -n "${PID[$t]:-}" ] && echo "$t: $(grep -E '^Threads:' "/proc/${PID[$t]}/status" | tr -s '\t ' ' ')" >> "$OUT/threads.txt"
 done
 
@@ -282,7 +309,7 @@ if [ "$PROFILE" = 1 ] && [ -n "${PID[sidecar]:-}" ] && have perf; then
     prec=$!
     taskset -c "$CPU_LOAD" wrk -t1 -c"$CONNS" -d"${DUR}s" "http://127.0.0.1:${PORT[$t]}/1k" > "$OUT/perf-wrk-$t.txt" 2>&1
     wait $prec || true
-    perf report -i "$RUN/perf-$t.data" --no-children --sort dso,symbol --stdio 2>/dev/null \
+    perf report -i "$RUN/perf-$t.data" --no-children --sort dso,symbol --stdio -g none 2>/dev/null \
       | grep -v '^$' | head -400 > "$OUT/perf-$t-flat.txt" || true
     perf report -i "$RUN/perf-$t.data" --children --sort symbol --stdio -g none --percent-limit 1 2>/dev/null \
       | grep -v '^$' | head -300 > "$OUT/perf-$t-children.txt" || true
@@ -294,11 +321,18 @@ fi
 {
   echo "# Sidecar proxy overhead — $START .. $END"
   echo
-  echo "Command: \`$(for v in LAYOUT DUR WARM REPS CONNS RATE OHA_CONNS; do printf '%s=%s ' "$v" "${!v}"; done)bench/proxy.sh\`"
+  echo "Command: \`$(for v in LAYOUT DUR WARM REPS CONNS RATE OHA_CONNS; do printf '%s=%s ' "$v" "${!v}"; done
+    [ "$SIZES" != "1k 64k" ] && printf 'SIZES="%s" ' "$SIZES"
+    [ "$TARGETS" != "direct sidecar sidecar-all haproxy nginx" ] && printf 'TARGETS="%s" ' "$TARGETS"
+    [ -n "$SIDECAR_B" ] && printf 'SIDECAR_B=%s ' "$SIDECAR_B")bench/proxy.sh\`"
   echo "Machine: $(nproc) CPUs, $(awk -F': ' '/^model name/{print $2; exit}' /proc/cpuinfo), kernel $(uname -r);" \
-       "sidecar $(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo '?')$(cd "$ROOT" && git diff --quiet -- sidecar 2>/dev/null || echo '+dirty');" \
+       "sidecar binary built $(date -u -r "$SIDECAR" +%FT%TZ) (tree at $(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo '?')$(cd "$ROOT" && git diff --quiet -- sidecar 2>/dev/null || echo '+uncommitted sidecar changes'));" \
        "$(haproxy -v 2>/dev/null | head -1 | awk '{print "HAProxy",$3}'), $(nginx -v 2>&1 | sed 's|.*/||;s|^|nginx |'), $(wrk -v 2>&1 | head -1 | awk '{print "wrk",$2}')$(have oha && echo ", $(oha --version)")"
   echo
-  $PY "$HERE/proxy/summarize.py" "$TSV" "$OTSV"
+  $PY "$HERE/proxy/summarize.py" "$TSV" "$OTSV" "$OUT/chart.tsv"
 } | tee "$OUT/summary.md"
+if have gnuplot; then  # optional chart (apt-get install gnuplot-nox)
+  gnuplot -e "tsv='$OUT/chart.tsv'; out='$OUT/overhead.png'" "$HERE/proxy/chart.gp" 2>/dev/null \
+    && echo "chart: $OUT/overhead.png"
+fi
 echo "results in $OUT"

@@ -4,7 +4,7 @@
 # Unlike CPU time this does not move with other load on the VM, so it is the way to check a fix here
 # (kernel work -- syscalls, loopback TCP -- is not counted).
 #
-#   bench/proxy/callgrind.sh                 # N=20000 requests of /1k per target, 16 connections
+#   bench/proxy/callgrind.sh                 # N=20000 requests of /1k per target, 16 connections (~2 min)
 #   N=5000 SIZE=64k TARGETS="sidecar" bench/proxy/callgrind.sh
 #
 # Instrumentation is switched on only for the N measured requests (after a warm-up), so start-up is
@@ -37,7 +37,7 @@ r() { sed -e "s|@RUN@|$RUN|g" -e "s|@TEMPS@|$TEMPS|g" -e "s|@P_BACKEND@|$P_BACKE
   -e "s|@P_HAPROXY@|$P_PROXY|g" -e "s|@P_SIDECAR@|$P_PROXY|g" -e "s|@P_ADMIN@|$P_ADMIN|g" "$HERE/$1" > "$RUN/$2"; }
 r backend.conf.in backend.conf; r haproxy.cfg.in haproxy.cfg
 r sidecar.toml.in sidecar.toml; r sidecar-all.toml.in sidecar-all.toml
-nginx -c "$RUN/backend.conf" -e "$RUN/backend.err" & PIDS+=($!)
+nginx -c "$RUN/backend.conf" -e "$RUN/backend.err" & PIDS+=("$!")
 
 echo "| target | requests | instructions (user space) | instructions / request |"
 echo "|---|---:|---:|---:|"
@@ -50,7 +50,7 @@ for t in $TARGETS; do
   # One tokio worker under valgrind (it serialises threads anyway); same as the pinned benchmark.
   TOKIO_WORKER_THREADS=1 valgrind --tool=callgrind --instr-atstart=no --dump-instr=no \
     --callgrind-out-file="$OUT/callgrind.out.$t" "${cmd[@]}" >"$OUT/valgrind-$t.log" 2>&1 &
-  vp=$!; PIDS+=($vp)
+  vp=$!; PIDS+=("$vp")
   ok=
   for _ in $(seq 300); do
     [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$P_PROXY/$SIZE" || true)" = 200 ] && { ok=1; break; }
@@ -62,8 +62,8 @@ for t in $TARGETS; do
   oha -n "$N" -c "$C" --no-tui --output-format json "http://127.0.0.1:$P_PROXY/$SIZE" > "$OUT/oha-$t.json" 2>/dev/null || true
   callgrind_control -i off "$vp" >/dev/null
   ok200=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["statusCodeDistribution"].get("200",0))' "$OUT/oha-$t.json")
-  stop "$vp"
-  ir=$(awk '/^(summary|totals):/{print $2; exit}' "$OUT/callgrind.out.$t"*)
+  stop "$vp"; PIDS=("${PIDS[0]}")  # only the backend is left
+  ir=$(awk '/^totals:/{t=$2} /^summary:/{s=$2} END{print (t>0?t:s)}' "$OUT/callgrind.out.$t")
   echo "| $t | $ok200 | $ir | $(awk -v a="$ir" -v n="$ok200" 'BEGIN{printf "%.0f", a/n}') |"
   callgrind_annotate --inclusive=no "$OUT/callgrind.out.$t" 2>/dev/null | head -60 > "$OUT/annotate-$t-self.txt" || true
   callgrind_annotate --inclusive=yes "$OUT/callgrind.out.$t" 2>/dev/null | head -120 > "$OUT/annotate-$t-inclusive.txt" || true

@@ -41,8 +41,8 @@ dur_hint = None
 
 print("### Saturation: wrk -t1 -c64, keep-alive, median of reps\n")
 print("| size | target | req/s (reps) | xput / direct | p50 µs | p99 µs | proxy CPU µs/req "
-      "| CPU / HAProxy | CPU / backend | peak RSS MiB | errors | other CPU s |")
-print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+      "| of which kernel | CPU / HAProxy | CPU / backend | peak RSS MiB ¹ | errors | other CPU s |")
+print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 for s in sizes:
     d = W.get((s, "direct"), [])
     h = W.get((s, "haproxy"), [])
@@ -56,14 +56,18 @@ for s in sizes:
         cpu = med(rs, "proxy_cpu_us_per_req") if t != "direct" else NAN
         hcpu = med(h, "proxy_cpu_us_per_req") if h else NAN
         bcpu = med(rs, "backend_cpu_us_per_req")
-        hwm = max((num(r["proxy_hwm_kib"]) for r in rs), default=NAN) / 1024
+        hwm = min((num(r["proxy_hwm_kib"]) for r in rs), default=NAN) / 1024  # first rep: peak so far
         errs = sum(int(num(r["errs"])) for r in rs)
         oth = max(num(r["other_cpu_s"]) for r in rs)
         name = f"**{t}**" if t.startswith("sidecar") else t
         cpu_s = f(cpu, "{:.1f}") if t != "direct" else f"(backend {bcpu:.1f})"
+        sys_s = f(med(rs, "proxy_sys_us_per_req"), "{:.1f}") if t != "direct" and "proxy_sys_us_per_req" in rs[0] else "–"
         print(f"| {s} | {name} | {rps:,.0f} ({reps}) | {f(ratio, '{:.2f}')} | {f(med(rs, 'p50_us'))} "
-              f"| {f(med(rs, 'p99_us'))} | {cpu_s} | {f(cpu / hcpu if t != 'direct' else NAN, '{:.2f}')} "
+              f"| {f(med(rs, 'p99_us'))} | {cpu_s} | {sys_s} | {f(cpu / hcpu if t != 'direct' else NAN, '{:.2f}')} "
               f"| {f(cpu / bcpu if t != 'direct' else NAN, '{:.2f}')} | {f(hwm, '{:.1f}')} | {errs} | {oth:.1f} |")
+
+print("\n¹ VmHWM of the proxy (nginx: master + worker) after its first run at that size; it only grows, "
+      "so a later size includes the earlier ones' peak.")
 
 O = group(orows, "target")
 if orows:
@@ -113,7 +117,13 @@ for s in sizes:
         x = med(al, "rps") / med(sc, "rps")
         print(f"| {s}: all policies cost < 10 % (CPU/req; req/s shown too) | {a:.1f} vs {b:.1f} µs ({(a / b - 1) * 100:+.1f} %); "
               f"req/s {(x - 1) * 100:+.1f} % | {verdict(a < 1.10 * b)} |")
-hw = [num(r["proxy_hwm_kib"]) for r in rows + orows if r["target"].startswith("sidecar")]
+for s in sizes:
+    sc, b = W.get((s, "sidecar")), W.get((s, "sidecar-b"))
+    if sc and b:
+        a, c = med(b, "proxy_cpu_us_per_req"), med(sc, "proxy_cpu_us_per_req")
+        print(f"| {s}: A/B, SIDECAR_B vs SIDECAR (information) | CPU/req {a:.1f} vs {c:.1f} µs ({(a / c - 1) * 100:+.1f} %); "
+              f"req/s {(med(b, 'rps') / med(sc, 'rps') - 1) * 100:+.1f} % | – |")
+hw = [num(r["proxy_hwm_kib"]) for r in rows + orows if r["target"] in ("sidecar", "sidecar-all")]
 hw = [v for v in hw if v == v]
 if hw:
     m = max(hw) / 1024
@@ -121,4 +131,17 @@ if hw:
 noisy = [r for r in rows if num(r["other_cpu_s"]) > 0.1 * num(r["reqs"]) / max(num(r["rps"]), 1)]
 if noisy:
     print(f"\nWarning: {len(noisy)} run(s) had more than 0.1 CPU-s/s of unrelated load "
-          f"({', '.join(r['size'] + '/' + r['target'] for r in noisy)}); re-run before quoting them.")
+          f"({', '.join(dict.fromkeys(r['size'] + '/' + r['target'] for r in noisy))}); re-run before quoting them.")
+
+# Data for the optional chart (bench/proxy/chart.gp): one row per target.
+if len(sys.argv) > 3:
+    with open(sys.argv[3], "w") as out:
+        print("target\tcpu_1k\tcpu_64k\trps_1k\trps_64k", file=out)
+        for t in targets:
+            v = []
+            for k in ("proxy_cpu_us_per_req", "rps"):
+                for s in ("1k", "64k"):
+                    rs = W.get((s, t), [])
+                    x = med(rs, k) if rs and not (k != "rps" and t == "direct") else NAN
+                    v.append("NaN" if x != x else f"{x:.1f}")
+            print(t + "\t" + "\t".join(v), file=out)
