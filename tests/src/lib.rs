@@ -38,8 +38,31 @@ pub fn storage_bin() -> PathBuf {
     bin_dir().join("storage")
 }
 
-/// A port that was free a moment ago on `ip`.
+/// A port that was free a moment ago on `ip`, chosen *below* the kernel's ephemeral range: ports
+/// from `bind(0)` can be taken as source ports by any outgoing connection while a test has a process
+/// stopped, and then that process cannot listen on its port again when it restarts.
 pub fn free_port(ip: &str) -> u16 {
+    use rand::Rng;
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| {
+            s.split_whitespace()
+                .next()
+                .and_then(|v| v.parse::<u16>().ok())
+        })
+        .unwrap_or(32768);
+    let (from, to) = if low > 12_000 {
+        (10_000, low)
+    } else {
+        (40_000, 60_000)
+    };
+    let mut rng = rand::rng();
+    for _ in 0..1000 {
+        let p = rng.random_range(from..to);
+        if TcpListener::bind((ip, p)).is_ok() {
+            return p;
+        }
+    }
     TcpListener::bind((ip, 0))
         .expect("bind")
         .local_addr()
