@@ -95,6 +95,68 @@ where
     }
 }
 
+/// A child process whose stderr is appended to a log file; killed when dropped.
+pub struct Managed {
+    pub log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Managed {
+    pub fn new(log: PathBuf) -> Self {
+        Self { log, child: None }
+    }
+
+    pub fn spawn(&mut self, mut cmd: Command) {
+        assert!(
+            self.child.is_none(),
+            "{} already running",
+            self.log.display()
+        );
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("log file");
+        self.child = Some(
+            cmd.stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("spawn"),
+        );
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn running(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| c.try_wait().ok().flatten().is_none())
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    pub fn child(&mut self) -> Option<&mut Child> {
+        self.child.as_mut()
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Managed {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
 pub struct NodeProc {
     pub name: String,
     pub data: PathBuf,
@@ -102,8 +164,7 @@ pub struct NodeProc {
     pub gateway: SocketAddr,
     pub cluster: SocketAddr,
     pub peer: SocketAddr,
-    pub log: PathBuf,
-    child: Option<Child>,
+    pub process: Managed,
 }
 
 impl NodeProc {
@@ -117,8 +178,7 @@ impl NodeProc {
             gateway: addr(ip),
             cluster: addr(ip),
             peer: addr(ip),
-            log: root.join(format!("{name}.log")),
-            child: None,
+            process: Managed::new(root.join(format!("{name}.log"))),
         };
         let mut args: Vec<String> = vec![
             "init".into(),
@@ -148,34 +208,19 @@ impl NodeProc {
     }
 
     pub fn start(&mut self) {
-        assert!(self.child.is_none(), "{} already running", self.name);
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .expect("log file");
-        let child = Command::new(storage_bin())
-            .args(["daemon", "--data"])
+        let mut cmd = Command::new(storage_bin());
+        cmd.args(["daemon", "--data"])
             .arg(&self.data)
-            .env("STORAGE_LOG", "info,storage=debug")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn daemon");
-        self.child = Some(child);
+            .env("STORAGE_LOG", "info,storage=debug");
+        self.process.spawn(cmd);
     }
 
     pub fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.process.kill9();
     }
 
     pub fn running(&mut self) -> bool {
-        self.child
-            .as_mut()
-            .is_some_and(|c| c.try_wait().ok().flatten().is_none())
+        self.process.running()
     }
 
     pub fn peer_id(&self) -> String {
@@ -185,7 +230,7 @@ impl NodeProc {
     }
 
     pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        self.process.log_text()
     }
 
     /// Runs a client command against this node.
@@ -229,12 +274,6 @@ impl NodeProc {
             },
         )
         .await;
-    }
-}
-
-impl Drop for NodeProc {
-    fn drop(&mut self) {
-        self.kill9();
     }
 }
 
@@ -342,8 +381,7 @@ pub fn sidecar_bin() -> PathBuf {
 pub struct SidecarProc {
     pub config: PathBuf,
     pub admin: SocketAddr,
-    pub log: PathBuf,
-    child: Option<Child>,
+    pub process: Managed,
 }
 
 impl SidecarProc {
@@ -356,42 +394,28 @@ impl SidecarProc {
         let mut s = Self {
             config,
             admin,
-            log: dir.join(format!("{name}.log")),
-            child: None,
+            process: Managed::new(dir.join(format!("{name}.log"))),
         };
         s.spawn();
         s
     }
 
     pub fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .expect("log");
-        let child = Command::new(sidecar_bin())
-            .arg("run")
-            .arg(&self.config)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn sidecar");
-        self.child = Some(child);
+        let mut cmd = Command::new(sidecar_bin());
+        cmd.arg("run").arg(&self.config);
+        self.process.spawn(cmd);
     }
 
     pub fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.process.kill9();
     }
 
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(|c| c.id())
+        self.process.pid()
     }
 
     pub fn child(&mut self) -> Option<&mut Child> {
-        self.child.as_mut()
+        self.process.child()
     }
 
     pub fn admin_url(&self, path: &str) -> String {
@@ -413,13 +437,7 @@ impl SidecarProc {
     }
 
     pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for SidecarProc {
-    fn drop(&mut self) {
-        self.kill9();
+        self.process.log_text()
     }
 }
 
