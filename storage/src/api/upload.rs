@@ -54,7 +54,14 @@ pub async fn ingest_multipart(
         let mut field = field;
         loop {
             match field.chunk().await {
-                Ok(Some(c)) => ing.write(&c)?,
+                Ok(Some(c)) => {
+                    if let Err(e) = ing.write(&c) {
+                        let left = drain_field(&mut field, DRAIN_LIMIT).await;
+                        drop(field);
+                        drain_rest(&mut mp, left).await;
+                        return Err(e.into());
+                    }
+                }
                 Ok(None) => break,
                 Err(e) => {
                     return Err(ApiError::bad(format!(
@@ -76,6 +83,30 @@ pub async fn ingest_multipart(
         out.push(Added { name, root });
     }
     Ok(out)
+}
+
+/// Most of a refused upload read and discarded before answering, so the client gets to read our
+/// error instead of a connection reset in the middle of its send. Beyond it, the connection closes.
+const DRAIN_LIMIT: u64 = 64 << 20;
+
+/// Discards the rest of a field, at most `left` bytes; returns what is left of the allowance.
+async fn drain_field(field: &mut axum::extract::multipart::Field<'_>, mut left: u64) -> u64 {
+    while left > 0 {
+        match field.chunk().await {
+            Ok(Some(c)) => left = left.saturating_sub(c.len() as u64),
+            _ => break,
+        }
+    }
+    left
+}
+
+async fn drain_rest(mp: &mut Multipart, mut left: u64) {
+    while left > 0 {
+        let Ok(Some(mut f)) = mp.next_field().await else {
+            return;
+        };
+        left = drain_field(&mut f, left).await;
+    }
 }
 
 fn percent_decode(s: &str) -> String {
