@@ -56,10 +56,15 @@ pub fn free_port(ip: &str) -> u16 {
     } else {
         (40_000, 60_000)
     };
+    // Tests of one binary run in parallel threads of this process: never hand a port out twice,
+    // or two tests can both see it free before either binds it.
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().expect("ports lock");
     let mut rng = rand::rng();
     for _ in 0..1000 {
         let p = rng.random_range(from..to);
-        if TcpListener::bind((ip, p)).is_ok() {
+        if !given.contains(&p) && TcpListener::bind((ip, p)).is_ok() {
+            given.push(p);
             return p;
         }
     }
@@ -155,6 +160,20 @@ impl Drop for Managed {
     fn drop(&mut self) {
         self.kill9();
     }
+}
+
+/// Waits (up to 20 s) until the request `req` builds gets a 2xx answer.
+pub async fn wait_ok(what: &str, req: impl Fn() -> reqwest::RequestBuilder) {
+    wait_for(what, Duration::from_secs(20), || {
+        let sent = req().send();
+        async move {
+            sent.await
+                .ok()
+                .filter(|r| r.status().is_success())
+                .map(|_| ())
+        }
+    })
+    .await;
 }
 
 pub struct NodeProc {
@@ -259,21 +278,7 @@ impl NodeProc {
 
     pub async fn wait_ready(&self) {
         let url = self.rpc_url("id");
-        let c = http();
-        wait_for(
-            &format!("{} to answer", self.name),
-            Duration::from_secs(20),
-            || {
-                let req = c.post(&url).send();
-                async move {
-                    req.await
-                        .ok()
-                        .filter(|r| r.status().is_success())
-                        .map(|_| ())
-                }
-            },
-        )
-        .await;
+        wait_ok(&format!("{} to answer", self.name), || http().post(&url)).await;
     }
 }
 
@@ -424,16 +429,7 @@ impl SidecarProc {
 
     pub async fn wait_ready(&self) {
         let url = self.admin_url("/ready");
-        wait_for("sidecar ready", Duration::from_secs(20), || {
-            let req = http().get(&url).send();
-            async move {
-                req.await
-                    .ok()
-                    .filter(|r| r.status().is_success())
-                    .map(|_| ())
-            }
-        })
-        .await;
+        wait_ok("sidecar ready", || http().get(&url)).await;
     }
 
     pub fn log_text(&self) -> String {

@@ -5,6 +5,22 @@ use bulwark_e2e::{http, start_mesh, test_bytes, wait_for};
 use serde_json::Value;
 use std::time::Duration;
 
+/// Waits until the sidecar at `admin` reports the circuit to `upstream` in `state`.
+async fn wait_circuit(admin: &str, upstream: &str, state: &str, limit: Duration) {
+    let url = format!("{admin}/circuits");
+    let what = format!("circuit to {upstream} to be {state}");
+    wait_for(&what, limit, || {
+        let f = circuits(url.clone());
+        async move {
+            f.await
+                .iter()
+                .any(|c| c["upstream"] == upstream && c["state"] == state)
+                .then_some(())
+        }
+    })
+    .await;
+}
+
 async fn circuits(url: String) -> Vec<Value> {
     http().get(url).send().await.unwrap().json().await.unwrap()
 }
@@ -54,22 +70,9 @@ async fn peer_traffic_crosses_the_sidecars_and_a_dead_host_trips_its_peers_circu
     let dead = hosts[2].peer.to_string();
     hosts[2].node.kill9();
     hosts[2].sidecar.kill9();
-    let admin1 = hosts[0].sidecar.admin_url("/circuits");
-    wait_for(
-        "host 1's circuit to host 3 to open",
-        Duration::from_secs(5),
-        || {
-            let f = circuits(admin1.clone());
-            let dead = dead.clone();
-            async move {
-                f.await
-                    .iter()
-                    .any(|c| c["upstream"] == dead.as_str() && c["state"] == "open")
-                    .then_some(())
-            }
-        },
-    )
-    .await;
+    let admin1 = hosts[0].sidecar.admin_url("");
+    // host 1's circuit to host 3 to open
+    wait_circuit(&admin1, &dead, "open", Duration::from_secs(5)).await;
     // Calls to it now fail fast, saying why, instead of waiting for timeouts.
     let g: Value = http()
         .get(hosts[0].cluster_url(&format!("/pins/{cid}")))
@@ -89,21 +92,8 @@ async fn peer_traffic_crosses_the_sidecars_and_a_dead_host_trips_its_peers_circu
     hosts[2].sidecar.wait_ready().await;
     hosts[2].node.start();
     hosts[2].node.wait_ready().await;
-    wait_for(
-        "host 1's circuit to host 3 to close",
-        Duration::from_secs(15),
-        || {
-            let f = circuits(admin1.clone());
-            let dead = dead.clone();
-            async move {
-                f.await
-                    .iter()
-                    .any(|c| c["upstream"] == dead.as_str() && c["state"] == "closed")
-                    .then_some(())
-            }
-        },
-    )
-    .await;
+    // host 1's circuit to host 3 to close
+    wait_circuit(&admin1, &dead, "closed", Duration::from_secs(15)).await;
     wait_for("host 3 pinned again", Duration::from_secs(15), || {
         let req = http()
             .get(hosts[0].cluster_url(&format!("/pins/{cid}")))
@@ -125,23 +115,10 @@ async fn a_dead_node_behind_a_live_sidecar_is_answered_fast_by_that_sidecar() {
     let mut hosts = start_mesh(dir.path(), 2, policy).await;
     hosts[1].node.kill9();
     // Peer sync traffic alone trips host 2's own circuit to its node.
-    let admin2 = hosts[1].sidecar.admin_url("/circuits");
+    let admin2 = hosts[1].sidecar.admin_url("");
     let node_peer = hosts[1].node.peer.to_string();
-    wait_for(
-        "host 2's circuit to its node to open",
-        Duration::from_secs(5),
-        || {
-            let f = circuits(admin2.clone());
-            let up = node_peer.clone();
-            async move {
-                f.await
-                    .iter()
-                    .any(|c| c["upstream"] == up.as_str() && c["state"] == "open")
-                    .then_some(())
-            }
-        },
-    )
-    .await;
+    // host 2's circuit to its node to open
+    wait_circuit(&admin2, &node_peer, "open", Duration::from_secs(5)).await;
     // Host 1's outbound circuit stays closed: the refusals are relayed, not host 2's sidecar failing.
     let c1 = circuits(hosts[0].sidecar.admin_url("/circuits")).await;
     let to2 = c1
