@@ -3,6 +3,7 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod block;
 pub mod cli;
 pub mod client;
 pub mod config;

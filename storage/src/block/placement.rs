@@ -1,0 +1,1 @@
+//! Placement: object → placement group → ordered acting set.
