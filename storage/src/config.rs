@@ -28,6 +28,60 @@ pub struct Config {
     pub peer: PeerConfig,
     pub cluster: ClusterConfig,
     pub limits: Limits,
+    pub block: BlockConfig,
+}
+
+/// The block service (RBD-like images exported over NBD).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct BlockConfig {
+    /// NBD export listener (fixed newstyle; export names are `POOL/IMAGE`).
+    pub nbd: SocketAddr,
+    /// Failure-domain label for placement (Ceph's CRUSH `host`). Empty = the host part of the
+    /// advertised peer address, so nodes on distinct addresses count as distinct hosts.
+    pub host: String,
+    /// Deadline of one replicated I/O. Below min_size or past it, the I/O fails (NBD EIO,
+    /// HTTP 503) instead of hanging as a Ceph client without `rados_osd_op_timeout` does.
+    #[serde(with = "humantime_serde")]
+    pub op_timeout: Duration,
+    /// Once `min_size` replicas acknowledged a write, wait at most this much longer for the
+    /// remaining up replicas before acknowledging (the late ones are recovered in the background).
+    #[serde(with = "humantime_serde")]
+    pub replica_grace: Duration,
+    /// A node down this long is marked out and its objects are re-replicated elsewhere
+    /// (Ceph's `mon_osd_down_out_interval`). Off by default: a node that blips should not move data.
+    #[serde(with = "humantime_serde")]
+    pub down_out_interval: Option<Duration>,
+    /// How often degraded objects are looked for and recovered.
+    #[serde(with = "humantime_serde")]
+    pub recovery_interval: Duration,
+    /// Objects recovered at once by this node (Ceph's `osd_recovery_max_active`).
+    pub recovery_max_active: usize,
+    /// Capacity used for near-full / full checks; 0 = the filesystem's size.
+    pub capacity_bytes: u64,
+    pub nearfull_ratio: f64,
+    pub full_ratio: f64,
+    /// An I/O slower than this counts as a slow operation (health check SLOW_OPS).
+    #[serde(with = "humantime_serde")]
+    pub slow_op: Duration,
+}
+
+impl Default for BlockConfig {
+    fn default() -> Self {
+        Self {
+            nbd: "127.0.0.1:10809".parse().unwrap(),
+            host: String::new(),
+            op_timeout: Duration::from_secs(5),
+            replica_grace: Duration::from_millis(250),
+            down_out_interval: None,
+            recovery_interval: Duration::from_secs(1),
+            recovery_max_active: 4,
+            capacity_bytes: 0,
+            nearfull_ratio: 0.85,
+            full_ratio: 0.95,
+            slow_op: Duration::from_secs(1),
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -203,8 +257,35 @@ impl Config {
         if self.limits.max_block_size == 0 || self.limits.max_add_bytes == 0 {
             return bad("limits must be > 0".into());
         }
+        let b = &self.block;
+        if b.op_timeout.is_zero() || b.recovery_interval.is_zero() || b.recovery_max_active == 0 {
+            return bad(
+                "block.op_timeout, block.recovery_interval and block.recovery_max_active must be > 0"
+                    .into(),
+            );
+        }
+        if !(0.0 < b.nearfull_ratio && b.nearfull_ratio < b.full_ratio && b.full_ratio <= 1.0) {
+            return bad(format!(
+                "block: need 0 < nearfull_ratio ({}) < full_ratio ({}) <= 1",
+                b.nearfull_ratio, b.full_ratio
+            ));
+        }
         Ok(())
     }
+
+    /// The failure-domain label this node announces.
+    pub fn block_host(&self) -> String {
+        if !self.block.host.is_empty() {
+            return self.block.host.clone();
+        }
+        host_of(&self.advertise())
+    }
+}
+
+/// The host part of `HOST:PORT` (brackets of an IPv6 literal removed).
+pub fn host_of(addr: &str) -> String {
+    let h = addr.rsplit_once(':').map(|(h, _)| h).unwrap_or(addr);
+    h.trim_start_matches('[').trim_end_matches(']').to_string()
 }
 
 /// IPFS Cluster's rules: -1 means "every peer" and must be used for both bounds; otherwise

@@ -47,13 +47,17 @@ pub async fn run(node: Arc<Node>) -> anyhow::Result<()> {
     let gw = bind(cfg.api.gateway, "gateway").await?;
     let cl = bind(cfg.api.cluster, "cluster REST API").await?;
     let peer = bind(cfg.peer.listen, "peer protocol").await?;
+    let nbd = bind(cfg.block.nbd, "NBD export").await?;
+    let block = crate::block::service::BlockService::open(node.clone())?;
+    crate::block::service::register(&block);
     tracing::info!(
         peer_id = %node.me(), rpc = %cfg.api.rpc, gateway = %cfg.api.gateway, cluster = %cfg.api.cluster,
-        peer = %cfg.peer.listen, advertise = %cfg.advertise(), swarm_key = %node.key.fingerprint(),
+        peer = %cfg.peer.listen, nbd = %cfg.block.nbd, advertise = %cfg.advertise(), swarm_key = %node.key.fingerprint(),
         "storage node ready"
     );
     tokio::spawn(crate::tracker::run(node.clone()));
     tokio::spawn(crate::sync::run(node.clone()));
+    tokio::spawn(crate::block::recovery::run(block.clone()));
     let shutdown = shutdown_signal();
     let (tx, _) = tokio::sync::broadcast::channel::<()>(1);
     let serve = |l: TcpListener, r: axum::Router| {
@@ -67,14 +71,28 @@ pub async fn run(node: Arc<Node>) -> anyhow::Result<()> {
         })
     };
     let tasks = vec![
-        serve(rpc, crate::api::rpc::router(node.clone())),
+        serve(
+            rpc,
+            crate::api::block::router(block.clone()).merge(crate::api::rpc::router(node.clone())),
+        ),
         serve(gw, crate::api::gateway::router(node.clone())),
         serve(cl, crate::api::cluster::router(node.clone())),
-        serve(peer, crate::peer::server::router(node.clone())),
+        serve(
+            peer,
+            crate::peer::server::router(
+                node.clone(),
+                crate::api::block::peer_router(block.clone()),
+            ),
+        ),
     ];
+    let (nbd_stop, nbd_rx) = tokio::sync::watch::channel(false);
+    let provider = Arc::new(crate::block::export::Exports(block.clone()));
+    let nbd_task = tokio::spawn(crate::block::nbd::serve(nbd, provider, nbd_rx));
     shutdown.await;
     tracing::info!("shutting down: no new connections, finishing in-flight requests");
     let _ = tx.send(());
+    let _ = nbd_stop.send(true);
+    drop(nbd_task);
     let drain = futures::future::join_all(tasks);
     if tokio::time::timeout(std::time::Duration::from_secs(10), drain)
         .await

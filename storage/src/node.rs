@@ -50,6 +50,8 @@ pub enum NodeError {
 #[derive(Clone, Debug)]
 pub struct Member {
     pub addr: String,
+    /// Failure-domain label for block placement (from the peer's hello, persisted).
+    pub host: String,
     pub peername: String,
     pub last_seen: Option<Instant>,
     pub last_error: String,
@@ -93,12 +95,13 @@ impl Node {
         );
         let now = Instant::now();
         let mut members = HashMap::new();
-        for (id, addr) in store.members()? {
+        for (id, addr, host) in store.members()? {
             if id != ident.peer_id {
                 members.insert(
                     id,
                     Member {
                         addr,
+                        host,
                         peername: String::new(),
                         last_seen: None,
                         last_error: String::new(),
@@ -209,6 +212,7 @@ impl Node {
             addr: self.cfg.advertise(),
             peername: self.peername(),
             members,
+            host: self.cfg.block_host(),
         }
     }
 
@@ -230,6 +234,7 @@ impl Node {
         let now = Instant::now();
         let fresh = |addr: &str| Member {
             addr: addr.to_string(),
+            host: crate::config::host_of(addr),
             peername: String::new(),
             last_seen: None,
             last_error: String::new(),
@@ -245,6 +250,10 @@ impl Node {
             let came_up = m.last_seen.is_none() || m.reported_down;
             dirty |= m.addr != hello.addr;
             m.addr = hello.addr.clone();
+            if !hello.host.is_empty() && m.host != hello.host {
+                m.host = hello.host.clone();
+                dirty = true;
+            }
             m.peername = hello.peername.clone();
             m.last_seen = Some(now);
             m.last_error.clear();
@@ -268,14 +277,14 @@ impl Node {
         if dirty {
             // Persist membership so a restarted node finds its peers without a bootstrap.
             let store = self.store.clone();
-            let all: Vec<(String, String)> = self
+            let all: Vec<(String, String, String)> = self
                 .members()
                 .into_iter()
-                .map(|(id, m)| (id, m.addr))
+                .map(|(id, m)| (id, m.addr, m.host))
                 .collect();
             tokio::task::spawn_blocking(move || {
-                for (id, addr) in all {
-                    if let Err(e) = store.put_member(&id, &addr) {
+                for (id, addr, host) in all {
+                    if let Err(e) = store.put_member(&id, &addr, &host) {
                         tracing::warn!(error = %e, "cannot persist member");
                     }
                 }
@@ -378,10 +387,18 @@ impl Node {
 
     // ---- pins --------------------------------------------------------------------------------
 
-    fn tick(&self) -> Clock {
+    pub fn tick(&self) -> Clock {
         let mut c = self.clock.lock().expect("clock lock");
         *c = Clock::tick(&c, self.me());
         c.clone()
+    }
+
+    /// Keeps the local clock ahead of a stamp seen (block metadata uses the same clock).
+    pub fn observe_clock(&self, seen: &Clock) {
+        let mut c = self.clock.lock().expect("clock lock");
+        if *seen > *c {
+            *c = seen.clone();
+        }
     }
 
     /// Keeps the local clock ahead of every stamp seen, so local writes order after them.

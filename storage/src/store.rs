@@ -19,6 +19,8 @@ const LOCAL: TableDefinition<&str, &[u8]> = TableDefinition::new("local_status")
 const MEMBERS: TableDefinition<&str, &str> = TableDefinition::new("members");
 const WATERMARKS: TableDefinition<&str, &[u8]> = TableDefinition::new("watermarks");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+/// Block-service metadata records (pools, images, tombstones), JSON, keyed by record key.
+const BLOCK_META: TableDefinition<&str, &[u8]> = TableDefinition::new("block_meta");
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -72,6 +74,7 @@ impl Store {
             tx.open_table(LOCAL)?;
             tx.open_table(MEMBERS)?;
             tx.open_table(WATERMARKS)?;
+            tx.open_table(BLOCK_META)?;
             let mut meta = tx.open_table(META)?;
             let existing = meta.get("epoch")?.map(|v| v.value());
             match existing {
@@ -303,22 +306,75 @@ impl Store {
         Ok(())
     }
 
+    // ---- block metadata -----------------------------------------------------------------------
+
+    pub fn block_meta(&self) -> Result<Vec<crate::block::meta::MetaEntry>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(BLOCK_META)?;
+        let mut out = Vec::new();
+        for item in t.iter()? {
+            let (_, v) = item?;
+            out.push(serde_json::from_slice(v.value())?);
+        }
+        Ok(out)
+    }
+
+    /// Last-writer-wins merge in one durable transaction; returns the entries that won.
+    pub fn merge_block_meta(
+        &self,
+        entries: &[crate::block::meta::MetaEntry],
+    ) -> Result<Vec<crate::block::meta::MetaEntry>, StoreError> {
+        let tx = self.db.begin_write()?;
+        let mut won = Vec::new();
+        {
+            let mut t = tx.open_table(BLOCK_META)?;
+            for e in entries {
+                let newer = match t.get(e.key.as_str())? {
+                    Some(old) => {
+                        let old: crate::block::meta::MetaEntry =
+                            serde_json::from_slice(old.value())?;
+                        e.clock > old.clock
+                    }
+                    None => true,
+                };
+                if newer {
+                    t.insert(e.key.as_str(), serde_json::to_vec(e)?.as_slice())?;
+                    won.push(e.clone());
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(won)
+    }
+
     // ---- membership ---------------------------------------------------------------------------
 
-    pub fn members(&self) -> Result<Vec<(String, String)>, StoreError> {
+    /// `(id, addr, host)`. The value is `ADDR HOST` (an address has no spaces); a value without a
+    /// host (older stores) gets the address's host part.
+    pub fn members(&self) -> Result<Vec<(String, String, String)>, StoreError> {
         let tx = self.db.begin_read()?;
         let t = tx.open_table(MEMBERS)?;
         let mut out = Vec::new();
         for item in t.iter()? {
             let (k, v) = item?;
-            out.push((k.value().to_string(), v.value().to_string()));
+            let v = v.value();
+            let (addr, host) = match v.split_once(' ') {
+                Some((a, h)) => (a.to_string(), h.to_string()),
+                None => (v.to_string(), crate::config::host_of(v)),
+            };
+            out.push((k.value().to_string(), addr, host));
         }
         Ok(out)
     }
 
-    pub fn put_member(&self, id: &str, addr: &str) -> Result<(), StoreError> {
+    pub fn put_member(&self, id: &str, addr: &str, host: &str) -> Result<(), StoreError> {
         let tx = self.db.begin_write()?;
-        tx.open_table(MEMBERS)?.insert(id, addr)?;
+        let v = if host.is_empty() {
+            addr.to_string()
+        } else {
+            format!("{addr} {host}")
+        };
+        tx.open_table(MEMBERS)?.insert(id, v.as_str())?;
         tx.commit()?;
         Ok(())
     }
@@ -422,12 +478,15 @@ mod tests {
         let epoch = {
             let s = Store::open(&p).unwrap();
             s.merge_pins(&[entry("a", 1, "x")]).unwrap();
-            s.put_member("peer", "127.0.0.1:1").unwrap();
+            s.put_member("peer", "127.0.0.1:1", "rack1-host").unwrap();
             s.epoch()
         };
         let s = Store::open(&p).unwrap();
         assert_eq!(s.epoch(), epoch);
         assert!(s.pin("a").unwrap().is_some());
-        assert_eq!(s.members().unwrap().len(), 1);
+        assert_eq!(
+            s.members().unwrap(),
+            vec![("peer".into(), "127.0.0.1:1".into(), "rack1-host".into())]
+        );
     }
 }

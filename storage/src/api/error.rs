@@ -180,3 +180,29 @@ impl IntoResponse for Gateway {
             .into_response()
     }
 }
+
+/// Block-service dialect: `{"code","error","message"}` JSON. Unavailability says when to retry, so
+/// a client waits a bounded time instead of hanging the way a Ceph client does below min_size.
+impl IntoResponse for crate::block::service::BlockError {
+    fn into_response(self) -> Response {
+        use crate::block::service::BlockError as B;
+        let (status, code) = match &self {
+            B::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            B::Invalid(_) => (StatusCode::BAD_REQUEST, "invalid"),
+            B::Exists(_) => (StatusCode::CONFLICT, "exists"),
+            B::OutOfRange(_) => (StatusCode::RANGE_NOT_SATISFIABLE, "out_of_range"),
+            B::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
+            B::Full(_) => (StatusCode::INSUFFICIENT_STORAGE, "full"),
+            B::Io(_) => (StatusCode::INTERNAL_SERVER_ERROR, "io"),
+        };
+        if status.is_server_error() {
+            tracing::warn!(error = %self, "block request failed");
+        }
+        let body =
+            Json(json!({ "code": status.as_u16(), "error": code, "message": self.to_string() }));
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            return (status, [(header::RETRY_AFTER, "5")], body).into_response();
+        }
+        (status, body).into_response()
+    }
+}

@@ -1,6 +1,7 @@
 //! The node's public HTTP APIs: Kubo-compatible RPC, the path gateway and the IPFS-Cluster-compatible
 //! REST API. Errors are turned into responses in one place, [`error`], in each API's own dialect.
 
+pub mod block;
 pub mod cluster;
 pub mod error;
 pub mod gateway;

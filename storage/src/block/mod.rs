@@ -6,10 +6,22 @@
 //! - [`placement`]: object → placement group → ordered acting set (rendezvous hashing, failure domain).
 //! - [`objstore`]: this node's replicas: object files + per-chunk CRC32C + versions, group commit.
 //! - [`nbd`]: the NBD server (fixed newstyle), generic over [`nbd::ExportProvider`].
+//! - [`meta`]: pools and images, replicated on every node (LWW records).
+//! - [`wire`]: batched replica operations between nodes.
+//! - [`service`]: the coordinator (image I/O → object replicas) and the replica side.
+//! - [`recovery`]: background recovery, stray/orphan clean-up, scrub.
+//! - [`health`]: Ceph-style health checks and reports.
+//! - [`export`]: images as NBD exports.
 
+pub mod export;
+pub mod health;
+pub mod meta;
 pub mod nbd;
 pub mod objstore;
 pub mod placement;
+pub mod recovery;
+pub mod service;
+pub mod wire;
 
 /// Data is checksummed and versioned per chunk of this size inside an object.
 pub const CHUNK_SIZE: usize = 4096;
@@ -17,7 +29,9 @@ pub const CHUNK_SIZE: usize = 4096;
 pub const DEFAULT_OBJECT_SIZE: u64 = 4 << 20;
 
 /// Identifies one object of one image in one pool, as RBD's `rbd_data.<image-id>.<%016x objno>`.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 pub struct ObjectKey {
     pub pool: u32,
     /// The image's immutable id (not its name: a renamed or re-created image never sees old data).

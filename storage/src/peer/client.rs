@@ -201,6 +201,30 @@ impl PeerClient {
             .await
     }
 
+    /// An authenticated exchange with a binary body (block-service operations); non-2xx is an error.
+    pub async fn binary(&self, addr: &str, path: &str, body: Vec<u8>) -> Result<Bytes, PeerError> {
+        let (status, _, body) = self.call(addr, Method::POST, path, body).await?;
+        if !status.is_success() {
+            return Err(PeerError::Status {
+                addr: addr.into(),
+                status: status.as_u16(),
+                msg: String::from_utf8_lossy(&body).trim().to_string(),
+            });
+        }
+        Ok(body)
+    }
+
+    /// An authenticated JSON exchange on any peer path.
+    pub async fn call_json<T: serde::de::DeserializeOwned>(
+        &self,
+        addr: &str,
+        method: Method,
+        path: &str,
+        body: Vec<u8>,
+    ) -> Result<T, PeerError> {
+        self.json(addr, method, path, body).await
+    }
+
     pub async fn recover(&self, addr: &str, cid: &str) -> Result<PeerPinInfo, PeerError> {
         self.json(
             addr,

@@ -76,6 +76,9 @@ pub struct Hello {
     pub addr: String,
     pub peername: String,
     pub members: Vec<(String, String)>,
+    /// Failure-domain label for block placement (absent from older nodes).
+    #[serde(default)]
+    pub host: String,
 }
 
 /// One page of a peer's pinset feed.

@@ -22,7 +22,9 @@ use std::sync::Arc;
 /// Peer messages are small (a block is at most `max_block_size`); anything bigger is refused.
 const MAX_PEER_BODY: usize = 16 << 20;
 
-pub fn router(node: Arc<Node>) -> Router {
+/// `extra`: routes of other services on the peer port (the block service's), behind the same
+/// authentication.
+pub fn router(node: Arc<Node>, extra: Router) -> Router {
     Router::new()
         .route("/peer/v1/hello", post(hello))
         .route("/peer/v1/blocks/{cid}", get(block))
@@ -30,8 +32,9 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/peer/v1/status", get(statuses))
         .route("/peer/v1/status/{cid}", get(status))
         .route("/peer/v1/recover/{cid}", post(recover))
-        .layer(middleware::from_fn_with_state(node.clone(), authenticate))
-        .with_state(node)
+        .with_state(node.clone())
+        .merge(extra)
+        .layer(middleware::from_fn_with_state(node, authenticate))
 }
 
 /// Peer ID of the authenticated caller, for handlers.
