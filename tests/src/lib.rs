@@ -183,6 +183,7 @@ pub struct NodeProc {
     pub gateway: SocketAddr,
     pub cluster: SocketAddr,
     pub peer: SocketAddr,
+    pub nbd: SocketAddr,
     pub process: Managed,
 }
 
@@ -197,6 +198,7 @@ impl NodeProc {
             gateway: addr(ip),
             cluster: addr(ip),
             peer: addr(ip),
+            nbd: addr(ip),
             process: Managed::new(root.join(format!("{name}.log"))),
         };
         let mut args: Vec<String> = vec![
@@ -215,6 +217,11 @@ impl NodeProc {
             n.cluster.to_string(),
             "--peer-listen".into(),
             n.peer.to_string(),
+            "--nbd".into(),
+            n.nbd.to_string(),
+            // Every test node is its own failure domain, although all share 127.0.0.1.
+            "--block-host".into(),
+            format!("host-{name}"),
         ];
         args.extend(extra.iter().cloned());
         let out = run(&storage_bin(), &args);
@@ -451,6 +458,7 @@ pub struct MeshHost {
     pub rpc: SocketAddr,
     pub cluster: SocketAddr,
     pub peer: SocketAddr,
+    pub nbd: SocketAddr,
 }
 
 impl MeshHost {
@@ -466,9 +474,11 @@ impl MeshHost {
 /// TOML (e.g. breaker settings).
 pub async fn start_mesh(dir: &Path, n: usize, policy: &str) -> Vec<MeshHost> {
     let key = Cluster::key_file(dir, "swarm.key");
-    let pubs: Vec<(SocketAddr, SocketAddr, SocketAddr, SocketAddr)> = (0..n)
+    type Pubs = (SocketAddr, SocketAddr, SocketAddr, SocketAddr, SocketAddr);
+    let pubs: Vec<Pubs> = (0..n)
         .map(|_| {
             (
+                addr("127.0.0.1"),
                 addr("127.0.0.1"),
                 addr("127.0.0.1"),
                 addr("127.0.0.1"),
@@ -478,7 +488,7 @@ pub async fn start_mesh(dir: &Path, n: usize, policy: &str) -> Vec<MeshHost> {
         .collect();
     let peers: Vec<String> = pubs.iter().map(|p| format!("\"{}\"", p.2)).collect();
     let mut hosts = Vec::new();
-    for (i, (rpc, cluster, peer, out)) in pubs.iter().enumerate() {
+    for (i, (rpc, cluster, peer, out, nbd)) in pubs.iter().enumerate() {
         let mut extra = vec![
             "--advertise".to_string(),
             peer.to_string(),
@@ -492,11 +502,13 @@ pub async fn start_mesh(dir: &Path, n: usize, policy: &str) -> Vec<MeshHost> {
         let cfg = format!(
             "[[listener]]\nname = \"rpc\"\nlisten = \"{rpc}\"\nupstream = \"{}\"\n\n\
              [[listener]]\nname = \"cluster\"\nlisten = \"{cluster}\"\nupstream = \"{}\"\n\n\
+             [[listener]]\nname = \"nbd\"\nlisten = \"{nbd}\"\nupstream = \"{}\"\nprotocol = \"tcp\"\n\n\
              [[listener]]\nname = \"peer-in\"\nlisten = \"{peer}\"\nupstream = \"{}\"\nclass = \"replication\"\n\n\
              [[listener]]\nname = \"peer-out\"\nlisten = \"{out}\"\ndirection = \"outbound\"\nallowed_upstreams = [{}]\nclass = \"replication\"\n\n\
              [[class_rule]]\nname = \"peer-hello\"\npath_prefix = \"/peer/v1/hello\"\nclass = \"control\"\n\n{policy}",
             node.rpc,
             node.cluster,
+            node.nbd,
             node.peer,
             peers.join(", ")
         );
@@ -507,6 +519,7 @@ pub async fn start_mesh(dir: &Path, n: usize, policy: &str) -> Vec<MeshHost> {
             rpc: *rpc,
             cluster: *cluster,
             peer: *peer,
+            nbd: *nbd,
         });
     }
     for h in hosts.iter_mut() {

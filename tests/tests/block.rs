@@ -1,0 +1,412 @@
+//! The block service end to end: real nodes (and sidecars), a real NBD client (`qemu-io`/`qemu-img`
+//! from qemu-utils), kill -9 during writes, two nodes down, on-disk corruption and scrub, bad input.
+
+use bulwark_e2e::*;
+use serde_json::Value;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+/// Runs `qemu-io` against an NBD export; a hang guard kills it after 60 s (not a speed assertion).
+async fn qemu_io(nbd: SocketAddr, export: &str, cmds: &[String]) -> (bool, String) {
+    let mut cmd = tokio::process::Command::new("qemu-io");
+    cmd.args(["-f", "raw", &format!("nbd://{nbd}/{export}")]);
+    for c in cmds {
+        cmd.args(["-c", c]);
+    }
+    cmd.kill_on_drop(true);
+    let out = tokio::time::timeout(Duration::from_secs(60), cmd.output())
+        .await
+        .expect("qemu-io hung for 60 s")
+        .expect("run qemu-io (qemu-utils installed?)");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // qemu-io exits 0 even when a command failed; failures are printed.
+    let failed = !out.status.success()
+        || text.contains("failed")
+        || text.contains("error")
+        || text.contains("Pattern verification");
+    (!failed, text)
+}
+
+fn cli_at(api: SocketAddr, args: &[&str]) -> (i32, String) {
+    let mut all = vec!["--api".to_string(), api.to_string()];
+    all.extend(args.iter().map(|s| s.to_string()));
+    let out = run(&storage_bin(), &all);
+    (
+        out.status.code().unwrap_or(-1),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+async fn health(api: SocketAddr) -> Option<Value> {
+    http()
+        .get(format!("http://{api}/block/v1/health"))
+        .send()
+        .await
+        .ok()?
+        .json()
+        .await
+        .ok()
+}
+
+/// Waits until health is `status` with (at least) the named checks.
+async fn wait_health_with(
+    api: SocketAddr,
+    status: &str,
+    checks: &[&str],
+    limit: Duration,
+) -> Value {
+    let what = format!("{api} to report {status} {checks:?}");
+    wait_for(&what, limit, || async move {
+        let h = health(api).await?;
+        let c = codes(&h);
+        (h["status"] == status && checks.iter().all(|k| c.iter().any(|x| x == k))).then_some(h)
+    })
+    .await
+}
+
+async fn wait_health(api: SocketAddr, status: &str, limit: Duration) -> Value {
+    wait_health_with(api, status, &[], limit).await
+}
+
+fn codes(h: &Value) -> Vec<String> {
+    h["checks"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|c| c["code"].as_str().unwrap_or_default().to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Writes through one node's sidecar, reads through another's; kill -9 a node during writes and
+/// check every acknowledged write; the node's return brings the pool back to clean; with two of
+/// three nodes down I/O fails with a clear error instead of hanging.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nbd_through_sidecars_survives_node_loss_and_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut hosts = start_mesh(dir.path(), 3, "").await;
+    let api = hosts[0].rpc;
+    let (code, out) = cli_at(
+        api,
+        &["pool", "create", "rbd", "--size", "3", "--min-size", "2"],
+    );
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = cli_at(api, &["image", "create", "rbd/vm", "--size", "64M"]);
+    assert_eq!(code, 0, "{out}");
+
+    // Patterns, one spanning two 4 MiB objects, written via node 1, read back via node 2.
+    let (ok, out) = qemu_io(
+        hosts[0].nbd,
+        "rbd/vm",
+        &[
+            "write -P 0x11 0 1M".into(),
+            "write -P 0x22 4190208 8k".into(),
+            "write -z 2M 64k".into(),
+            "flush".into(),
+        ],
+    )
+    .await;
+    assert!(ok, "{out}");
+    let (ok, out) = qemu_io(
+        hosts[1].nbd,
+        "rbd/vm",
+        &[
+            "read -P 0x11 0 1M".into(),
+            "read -P 0x22 4190208 8k".into(),
+            "read -P 0 2M 64k".into(),
+        ],
+    )
+    .await;
+    assert!(ok, "read back through another node: {out}");
+
+    // kill -9 node 3 in the middle of a series of writes: every acknowledged one must be readable.
+    let mut acked = Vec::new();
+    for i in 0..12u64 {
+        if i == 4 {
+            hosts[2].node.kill9();
+        }
+        let pat = 0x40 + i;
+        let off = 8 * 1024 * 1024 + i * 1024 * 1024 + 4096;
+        let (ok, out) = qemu_io(
+            hosts[0].nbd,
+            "rbd/vm",
+            &[format!("write -P {pat:#x} {off} 256k")],
+        )
+        .await;
+        if ok {
+            acked.push((pat, off));
+        } else {
+            eprintln!("write {i} not acknowledged: {out}");
+        }
+    }
+    // One of three replicas down is within size - min_size: writes go on.
+    assert_eq!(acked.len(), 12, "writes must continue with one node down");
+    let reads: Vec<String> = acked
+        .iter()
+        .map(|(p, o)| format!("read -P {p:#x} {o} 256k"))
+        .collect();
+    let (ok, out) = qemu_io(hosts[1].nbd, "rbd/vm", &reads).await;
+    assert!(ok, "acknowledged writes lost: {out}");
+    wait_health_with(
+        api,
+        "HEALTH_WARN",
+        &["OSD_DOWN", "PG_DEGRADED"],
+        Duration::from_secs(20),
+    )
+    .await;
+
+    // The node returns: recovery brings its replicas up to date and the cluster back to clean.
+    hosts[2].node.start();
+    hosts[2].node.wait_ready().await;
+    let h = wait_health(api, "HEALTH_OK", Duration::from_secs(60)).await;
+    assert!(codes(&h).is_empty(), "{h}");
+    let (code, out) = cli_at(hosts[2].rpc, &["status", "--format", "json"]);
+    assert_eq!(code, 0, "{out}");
+    let st: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    assert_eq!(st["data"]["degraded_objects"], 0, "{st}");
+    // The recovered node serves the latest data (its own replica or a peer's).
+    let (ok, out) = qemu_io(hosts[2].nbd, "rbd/vm", &reads).await;
+    assert!(ok, "after recovery: {out}");
+
+    // Two of three down: below min_size. Writes fail with an error, not a hang.
+    hosts[1].node.kill9();
+    hosts[2].node.kill9();
+    wait_health_with(
+        api,
+        "HEALTH_ERR",
+        &["PG_AVAILABILITY"],
+        Duration::from_secs(20),
+    )
+    .await;
+    let (ok, out) = qemu_io(hosts[0].nbd, "rbd/vm", &["write -P 0x99 0 4k".into()]).await;
+    assert!(!ok, "a write below min_size must fail: {out}");
+    assert!(
+        out.contains("Input/output error"),
+        "NBD error should be EIO: {out}"
+    );
+    let resp = http()
+        .put(format!(
+            "http://{}/block/v1/images/rbd/vm/data?offset=0",
+            hosts[0].rpc
+        ))
+        .body(vec![1u8; 4096])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 503);
+    assert!(resp.headers().contains_key("retry-after"));
+    let body: Value = resp.json().await.unwrap();
+    assert!(
+        body["message"].as_str().unwrap().contains("min_size"),
+        "{body}"
+    );
+}
+
+fn object_file(node: &Path, pool_id: u64, image_id: &str, objno: u64) -> std::path::PathBuf {
+    node.join("blocks")
+        .join("objects")
+        .join(pool_id.to_string())
+        .join(format!("{image_id}.{objno:016x}"))
+}
+
+/// A replica corrupted on disk is never served: reads come from the others, scrub finds and
+/// repairs it, and a read that meets it repairs it too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn corrupt_replica_is_never_served_and_scrub_repairs_it() {
+    let c = Cluster::start(3, &[]).await;
+    let api = c.nodes[0].rpc;
+    assert_eq!(cli_at(api, &["pool", "create", "rbd"]).0, 0);
+    assert_eq!(
+        cli_at(api, &["image", "create", "rbd/img", "--size", "8M"]).0,
+        0
+    );
+    let data = test_bytes(256 * 1024, 7);
+    let put = http()
+        .put(format!(
+            "http://{api}/block/v1/images/rbd/img/data?offset=0"
+        ))
+        .body(data.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 204, "{}", put.text().await.unwrap());
+    let info: Value = http()
+        .get(format!("http://{api}/block/v1/images/rbd/img"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let file = object_file(
+        &c.nodes[1].data,
+        info["pool_id"].as_u64().unwrap(),
+        info["id"].as_str().unwrap(),
+        0,
+    );
+    let corrupt = |f: &Path| {
+        let mut b = std::fs::read(f).expect("object file on disk");
+        for x in &mut b[1000..1100] {
+            *x ^= 0xff;
+        }
+        std::fs::write(f, b).unwrap();
+    };
+    corrupt(&file);
+    let (code, out) = cli_at(api, &["scrub", "rbd"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("repaired"), "{out}");
+    let rep: Value = http()
+        .post(format!("http://{api}/block/v1/scrub?pool=rbd"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(rep["inconsistent"], 0, "scrub repaired it: {rep}");
+    assert_eq!(&std::fs::read(&file).unwrap()[..data.len()], &data[..]);
+
+    // Corrupt again and read through the node that holds the bad copy.
+    corrupt(&file);
+    let got = http()
+        .get(format!(
+            "http://{}/block/v1/images/rbd/img/data",
+            c.nodes[1].rpc
+        ))
+        .header("Range", format!("bytes=0-{}", data.len() - 1))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(got.status(), 206);
+    assert_eq!(&got.bytes().await.unwrap()[..], &data[..]);
+    wait_for("read repair", Duration::from_secs(10), || {
+        let f = file.clone();
+        let d = data.clone();
+        async move { (std::fs::read(&f).ok()?[..d.len()] == d[..]).then_some(()) }
+    })
+    .await;
+    let h = wait_health(api, "HEALTH_OK", Duration::from_secs(20)).await;
+    assert!(codes(&h).is_empty(), "{h}");
+}
+
+/// Out-of-range I/O, unknown exports and pools, shrinking without the flag, NBD protocol garbage:
+/// clear errors, and the daemon keeps serving.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn block_bad_input_gets_clear_errors() {
+    let c = Cluster::start(1, &[]).await;
+    let n = &c.nodes[0];
+    let api = n.rpc;
+    let (code, out) = cli_at(
+        api,
+        &["pool", "create", "p", "--size", "1", "--min-size", "1"],
+    );
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = cli_at(
+        api,
+        &["pool", "create", "p", "--size", "1", "--min-size", "1"],
+    );
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("already exists"), "{out}");
+    let (code, out) = cli_at(
+        api,
+        &["pool", "create", "q", "--size", "2", "--min-size", "3"],
+    );
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("min_size"), "{out}");
+    let (code, out) = cli_at(api, &["image", "create", "p/x", "--size", "12Q"]);
+    assert_eq!(code, 2, "{out}");
+    let (code, out) = cli_at(api, &["image", "create", "nosuch/x", "--size", "1M"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("pool 'nosuch' does not exist"), "{out}");
+    let (code, out) = cli_at(api, &["image", "create", "p/x", "--size", "1M"]);
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = cli_at(api, &["image", "resize", "p/x", "--size", "512K"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("allow-shrink"), "{out}");
+    let (code, out) = cli_at(api, &["pool", "rm", "p"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("image"), "{out}");
+
+    // HTTP: out of range.
+    let r = http()
+        .get(format!("http://{api}/block/v1/images/p/x/data"))
+        .header("Range", "bytes=2000000-2000010")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 416);
+    let r = http()
+        .put(format!(
+            "http://{api}/block/v1/images/p/x/data?offset=1048000"
+        ))
+        .body(vec![0u8; 4096])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 416);
+    let r = http()
+        .get(format!("http://{api}/block/v1/images/p/nosuch"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+
+    // NBD: out-of-range read, unknown export, protocol garbage.
+    let (ok, out) = qemu_io(n.nbd, "p/x", &["read 1048064 4096".into()]).await;
+    assert!(!ok, "{out}");
+    let info = tokio::process::Command::new("qemu-img")
+        .args(["info", &format!("nbd://{}/p/nosuch", n.nbd)])
+        .output()
+        .await
+        .unwrap();
+    assert!(!info.status.success());
+    {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(n.nbd).await.unwrap();
+        let mut hello = [0u8; 18];
+        s.read_exact(&mut hello).await.unwrap();
+        assert_eq!(&hello[..8], b"NBDMAGIC");
+        s.write_all(b"\x00\x00\x00\x03GARBAGE GARBAGE GARBAGE")
+            .await
+            .unwrap();
+        let mut buf = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf)).await;
+    }
+    // Still serving.
+    let (ok, out) = qemu_io(
+        n.nbd,
+        "p/x",
+        &[
+            "write -P 0x5a 0 64k".into(),
+            "read -P 0x5a 0 64k".into(),
+            "write -P 0x6b 614400 4096".into(),
+        ],
+    )
+    .await;
+    assert!(ok, "{out}");
+    let (code, out) = cli_at(
+        api,
+        &["image", "resize", "p/x", "--size", "512K", "--allow-shrink"],
+    );
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = cli_at(api, &["image", "resize", "p/x", "--size", "1M"]);
+    assert_eq!(code, 0, "{out}");
+    // Growing again never resurrects data cut off by the shrink.
+    let (ok, out) = qemu_io(
+        n.nbd,
+        "p/x",
+        &["read -P 0 614400 4096".into(), "read -P 0x5a 0 64k".into()],
+    )
+    .await;
+    assert!(ok, "{out}");
+}
