@@ -126,14 +126,222 @@ pub enum Cmd {
         #[command(subcommand)]
         cmd: PinCmd,
     },
-    /// Per-peer status of a pin.
+    /// Per-peer status of a pin (with a CID), or the block cluster's status as `ceph -s` (without).
     Status {
-        cid: String,
-        #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+        /// The pin to show; without it, the block service's cluster status.
+        cid: Option<String>,
+        /// `plain` is an alias of `text`.
+        #[arg(long, default_value = "text", value_parser = ["text", "plain", "json"])]
         format: String,
     },
     /// Retry a failed pin on every peer.
     Recover { cid: String },
+    /// Block service: pools of replicated images (as `ceph osd pool`).
+    Pool {
+        #[command(subcommand)]
+        cmd: PoolCmd,
+    },
+    /// Block service: images striped into replicated objects (as `rbd`).
+    Image {
+        #[command(subcommand)]
+        cmd: ImageCmd,
+    },
+    /// Block service health, as `ceph health [detail]`.
+    ///
+    /// Prints HEALTH_OK, HEALTH_WARN or HEALTH_ERR followed by the failing checks. The exit code is
+    /// 0 whatever the health (as `ceph health`): read the first word, or use `--format json`.
+    Health {
+        /// `detail`: every check with its detail lines.
+        #[arg(value_name = "detail", value_parser = ["detail"])]
+        detail: Option<String>,
+        #[command(flatten)]
+        format: FormatArg,
+    },
+    /// Block service nodes (OSDs).
+    Osd {
+        #[command(subcommand)]
+        cmd: OsdCmd,
+    },
+    /// Block service usage: raw capacity and per pool (as `ceph df`).
+    Df {
+        #[command(flatten)]
+        format: FormatArg,
+    },
+    /// Deep-scrub every object of a pool (or of all pools), repairing bad replicas from good ones.
+    ///
+    /// Exits 1 when some objects could not be repaired.
+    Scrub {
+        /// Only this pool.
+        pool: Option<String>,
+        #[command(flatten)]
+        format: FormatArg,
+    },
+}
+
+/// Output format of the block commands.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Format {
+    /// Human-readable, as `ceph` / `rbd` print it.
+    #[default]
+    Plain,
+    /// The API's JSON answer, pretty-printed.
+    Json,
+}
+
+#[derive(Args, Debug, Clone, Copy, Default)]
+pub struct FormatArg {
+    /// Output format.
+    #[arg(long, value_enum, default_value_t = Format::Plain)]
+    pub format: Format,
+}
+
+impl FormatArg {
+    pub fn json(&self) -> bool {
+        self.format == Format::Json
+    }
+}
+
+#[derive(Subcommand, Debug)]
+pub enum PoolCmd {
+    /// Create a replicated pool.
+    Create {
+        name: String,
+        /// Replicas of every object (server default 3).
+        #[arg(long)]
+        size: Option<u32>,
+        /// Replicas that must acknowledge a write (server default size - size/2).
+        #[arg(long)]
+        min_size: Option<u32>,
+        /// Placement groups (server default 64).
+        #[arg(long)]
+        pg_num: Option<u32>,
+        /// What replicas must not share (server default host).
+        #[arg(long, value_parser = ["host", "osd"])]
+        failure_domain: Option<String>,
+        #[command(flatten)]
+        format: FormatArg,
+    },
+    /// List pools.
+    Ls {
+        #[command(flatten)]
+        format: FormatArg,
+    },
+    /// Remove a pool (it must hold no image).
+    Rm {
+        name: String,
+        #[command(flatten)]
+        format: FormatArg,
+    },
+    /// Change a pool's size or min_size.
+    Set {
+        name: String,
+        /// The setting to change.
+        #[arg(value_parser = ["size", "min_size"])]
+        key: String,
+        value: u32,
+        #[command(flatten)]
+        format: FormatArg,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ImageCmd {
+    /// Create an image (thin-provisioned).
+    Create {
+        /// POOL/IMAGE
+        #[arg(value_parser = parse_image_spec)]
+        spec: ImageSpec,
+        /// Size, e.g. 64M, 10G, 4096 (binary units).
+        #[arg(long, value_parser = parse_size_arg)]
+        size: String,
+        /// Object size: a power of two between 64K and 32M (default 4M).
+        #[arg(long, value_parser = parse_size_arg)]
+        object_size: Option<String>,
+        #[command(flatten)]
+        format: FormatArg,
+    },
+    /// List images, of one pool or of all (then named POOL/IMAGE).
+    Ls {
+        pool: Option<String>,
+        /// Long listing: sizes, usage and objects.
+        #[arg(long, short = 'l')]
+        long: bool,
+        #[command(flatten)]
+        format: FormatArg,
+    },
+    /// Show an image (as `rbd info`).
+    Info {
+        /// POOL/IMAGE
+        #[arg(value_parser = parse_image_spec)]
+        spec: ImageSpec,
+        #[command(flatten)]
+        format: FormatArg,
+    },
+    /// Grow (or, with --allow-shrink, shrink) an image.
+    Resize {
+        /// POOL/IMAGE
+        #[arg(value_parser = parse_image_spec)]
+        spec: ImageSpec,
+        /// New size, e.g. 128M, 1G.
+        #[arg(long, value_parser = parse_size_arg)]
+        size: String,
+        /// Allow a smaller size (the data past it is lost).
+        #[arg(long)]
+        allow_shrink: bool,
+        #[command(flatten)]
+        format: FormatArg,
+    },
+    /// Remove an image and its data.
+    Rm {
+        /// POOL/IMAGE
+        #[arg(value_parser = parse_image_spec)]
+        spec: ImageSpec,
+        #[command(flatten)]
+        format: FormatArg,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum OsdCmd {
+    /// Nodes grouped by host, up/down and in/out (as `ceph osd tree`).
+    Tree {
+        #[command(flatten)]
+        format: FormatArg,
+    },
+    /// Per-node usage (as `ceph osd df`).
+    Df {
+        #[command(flatten)]
+        format: FormatArg,
+    },
+}
+
+/// An image named `POOL/IMAGE`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImageSpec {
+    pub pool: String,
+    pub image: String,
+}
+
+impl std::fmt::Display for ImageSpec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.pool, self.image)
+    }
+}
+
+pub fn parse_image_spec(s: &str) -> Result<ImageSpec, String> {
+    match s.split_once('/') {
+        Some((p, i)) if !p.is_empty() && !i.is_empty() && !i.contains('/') => Ok(ImageSpec {
+            pool: p.to_string(),
+            image: i.to_string(),
+        }),
+        _ => Err(format!("expected POOL/IMAGE (e.g. rbd/disk1), got {s:?}")),
+    }
+}
+
+/// Checks a size the way the node will parse it, and keeps the text (the API accepts `"64M"`).
+pub fn parse_size_arg(s: &str) -> Result<String, String> {
+    crate::block::meta::parse_size(s)?;
+    Ok(s.trim().to_string())
 }
 
 #[derive(Subcommand, Debug)]
@@ -213,6 +421,22 @@ pub struct ConfigFlags {
     /// Re-allocate the pins of a peer down this long (e.g. 10m). Off by default.
     #[arg(long, value_parser = humantime::parse_duration)]
     pub repin_after: Option<Duration>,
+    /// Block service: NBD export listen address (export names are POOL/IMAGE).
+    #[arg(long)]
+    pub nbd: Option<SocketAddr>,
+    /// Block service: failure-domain host label of this node (default: the advertised host).
+    #[arg(long)]
+    pub block_host: Option<String>,
+    /// Block service: mark a node out after it has been down this long, re-replicating its objects
+    /// elsewhere (e.g. 10m). Off by default.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub down_out_interval: Option<Duration>,
+    /// Block service: deadline of one replicated I/O (e.g. 5s).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub op_timeout: Option<Duration>,
+    /// Block service: how often degraded objects are looked for and recovered (e.g. 1s).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub recovery_interval: Option<Duration>,
 }
 
 impl ConfigFlags {
@@ -252,6 +476,21 @@ impl ConfigFlags {
         }
         if self.repin_after.is_some() {
             c.cluster.repin_after = self.repin_after;
+        }
+        if let Some(v) = self.nbd {
+            c.block.nbd = v;
+        }
+        if let Some(v) = &self.block_host {
+            c.block.host = v.clone();
+        }
+        if self.down_out_interval.is_some() {
+            c.block.down_out_interval = self.down_out_interval;
+        }
+        if let Some(v) = self.op_timeout {
+            c.block.op_timeout = v;
+        }
+        if let Some(v) = self.recovery_interval {
+            c.block.recovery_interval = v;
         }
     }
 }

@@ -13,7 +13,7 @@ pub struct Failure {
 }
 
 impl Failure {
-    fn new(code: i32, message: impl Into<String>) -> Self {
+    pub(crate) fn new(code: i32, message: impl Into<String>) -> Self {
         Self {
             code,
             message: message.into(),
@@ -21,16 +21,16 @@ impl Failure {
     }
 }
 
-type R<T> = Result<T, Failure>;
+pub(crate) type R<T> = Result<T, Failure>;
 
-fn http() -> reqwest::Client {
+pub(crate) fn http() -> reqwest::Client {
     reqwest::Client::builder()
         .no_proxy()
         .build()
         .expect("http client")
 }
 
-fn unreachable(addr: &str, e: reqwest::Error) -> Failure {
+pub(crate) fn unreachable(addr: &str, e: reqwest::Error) -> Failure {
     Failure::new(
         exit::UNAVAILABLE,
         format!("cannot reach the node at {addr}: {e} (is `storage daemon` running? see --api)"),
@@ -38,7 +38,7 @@ fn unreachable(addr: &str, e: reqwest::Error) -> Failure {
 }
 
 /// Turns a node's error answer (Kubo or Cluster dialect, or plain text) into a message.
-async fn check(resp: reqwest::Response) -> R<reqwest::Response> {
+pub(crate) async fn check(resp: reqwest::Response) -> R<reqwest::Response> {
     if resp.status().is_success() {
         return Ok(resp);
     }
@@ -87,7 +87,7 @@ async fn cluster(
     check(resp).await
 }
 
-async fn json(resp: reqwest::Response) -> R<Value> {
+pub(crate) async fn json(resp: reqwest::Response) -> R<Value> {
     resp.json()
         .await
         .map_err(|e| Failure::new(exit::FAILED, format!("malformed answer: {e}")))
@@ -107,7 +107,7 @@ async fn ndjson(resp: reqwest::Response) -> R<Vec<Value>> {
         .collect()
 }
 
-fn pretty(v: &Value) -> String {
+pub(crate) fn pretty(v: &Value) -> String {
     serde_json::to_string_pretty(v).expect("json")
 }
 
@@ -292,7 +292,13 @@ pub async fn run(cli: &Cli) -> R<()> {
                 Ok(())
             }
         },
-        Cmd::Status { cid, format } => {
+        Cmd::Status { cid: None, format } => {
+            crate::block_client::status(cli, format, &mut out).await
+        }
+        Cmd::Status {
+            cid: Some(cid),
+            format,
+        } => {
             let g = json(cluster(cli, reqwest::Method::GET, &format!("/pins/{cid}"), &[]).await?)
                 .await?;
             if format == "json" {
@@ -313,6 +319,12 @@ pub async fn run(cli: &Cli) -> R<()> {
             .await?;
             print_status(&mut out, &g)
         }
+        Cmd::Pool { .. }
+        | Cmd::Image { .. }
+        | Cmd::Health { .. }
+        | Cmd::Osd { .. }
+        | Cmd::Df { .. }
+        | Cmd::Scrub { .. } => crate::block_client::run(cli, &mut out).await,
         Cmd::Init { .. } | Cmd::Keygen | Cmd::Daemon { .. } | Cmd::Check { .. } => {
             unreachable!("handled by main")
         }

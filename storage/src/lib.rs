@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod block;
+pub mod block_client;
 pub mod cli;
 pub mod client;
 pub mod config;

@@ -410,3 +410,75 @@ async fn block_bad_input_gets_clear_errors() {
     .await;
     assert!(ok, "{out}");
 }
+
+/// With `down_out_interval` set, a node that stays down is marked out and its objects are
+/// re-replicated on the remaining nodes; when it returns, data moves back and strays are removed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn node_marked_out_gets_its_objects_re_replicated() {
+    let mut c = Cluster::start(4, &["--down-out-interval", "2s"]).await;
+    let api = c.nodes[0].rpc;
+    assert_eq!(
+        cli_at(api, &["pool", "create", "rbd", "--pg-num", "16"]).0,
+        0
+    );
+    assert_eq!(
+        cli_at(api, &["image", "create", "rbd/img", "--size", "32M"]).0,
+        0
+    );
+    let data = test_bytes(8 * 1024 * 1024, 11);
+    let put = http()
+        .put(format!(
+            "http://{api}/block/v1/images/rbd/img/data?offset=0"
+        ))
+        .body(data.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(put.status(), 204, "{}", put.text().await.unwrap());
+    wait_health(api, "HEALTH_OK", Duration::from_secs(20)).await;
+
+    c.nodes[3].kill9();
+    // Down → out after 2 s → remapped and recovered: only OSD_DOWN remains.
+    let h = wait_for(
+        "re-replication after out",
+        Duration::from_secs(60),
+        || async move {
+            let h = health(api).await?;
+            let cs = codes(&h);
+            (cs == ["OSD_DOWN"]).then_some(h)
+        },
+    )
+    .await;
+    assert!(
+        h["checks"][0]["detail"][0]
+            .as_str()
+            .unwrap()
+            .contains("out"),
+        "{h}"
+    );
+    let got = http()
+        .get(format!(
+            "http://{}/block/v1/images/rbd/img/data",
+            c.nodes[1].rpc
+        ))
+        .header("Range", format!("bytes=0-{}", data.len() - 1))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(got.status(), 206);
+    assert!(got.bytes().await.unwrap()[..] == data[..]);
+
+    c.nodes[3].start();
+    c.nodes[3].wait_ready().await;
+    wait_health(api, "HEALTH_OK", Duration::from_secs(60)).await;
+    let got = http()
+        .get(format!(
+            "http://{}/block/v1/images/rbd/img/data",
+            c.nodes[3].rpc
+        ))
+        .header("Range", format!("bytes=0-{}", data.len() - 1))
+        .send()
+        .await
+        .unwrap();
+    assert!(got.bytes().await.unwrap()[..] == data[..]);
+}

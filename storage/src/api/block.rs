@@ -54,6 +54,8 @@ pub fn peer_router(svc: Arc<BlockService>) -> Router {
         .route("/peer/v1/block/ops", post(peer_ops))
         .route("/peer/v1/block/meta", get(peer_meta).post(peer_meta_push))
         .route("/peer/v1/block/inventory", get(peer_inventory))
+        // A batch may carry up to 8 MiB of data plus one object (the peer listener's limit is 16 MiB).
+        .layer(axum::extract::DefaultBodyLimit::max(16 << 20))
         .with_state(svc)
 }
 

@@ -212,6 +212,7 @@ pub fn status(svc: &BlockService) -> serde_json::Value {
     let stored: u64 = scan.pools.values().map(|p| p.stored).sum();
     let raw: u64 = scan.pools.values().map(|p| p.raw_used).sum();
     let total: u64 = scan.usage.values().map(|u| u.total).sum();
+    let avail: u64 = scan.usage.values().map(|u| u.avail).sum();
     let mut pg_states = serde_json::Map::new();
     let clean = pgs - undersized;
     if clean > 0 {
@@ -240,6 +241,7 @@ pub fn status(svc: &BlockService) -> serde_json::Value {
             "stored_bytes": stored,
             "raw_used_bytes": raw,
             "raw_total_bytes": total,
+            "raw_avail_bytes": avail,
             "pgs": pgs,
             "pg_states": pg_states,
         },
@@ -312,6 +314,7 @@ pub fn df(svc: &BlockService) -> serde_json::Value {
     let avail: u64 = scan.usage.values().map(|u| u.avail).min().unwrap_or(0);
     let total: u64 = scan.usage.values().map(|u| u.total).sum();
     let used: u64 = scan.usage.values().map(|u| u.used).sum();
+    let raw_avail: u64 = scan.usage.values().map(|u| u.avail).sum();
     let pools: Vec<_> = meta
         .pools()
         .iter()
@@ -326,7 +329,7 @@ pub fn df(svc: &BlockService) -> serde_json::Value {
         })
         .collect();
     serde_json::json!({
-        "raw": {"total_bytes": total, "used_bytes": used, "avail_bytes": total.saturating_sub(used)},
+        "raw": {"total_bytes": total, "used_bytes": used, "avail_bytes": raw_avail},
         "pools": pools,
     })
 }

@@ -669,7 +669,9 @@ impl BlockService {
         self.record(started, res.is_ok());
         res?;
         self.stats.writes.fetch_add(1, Ordering::Relaxed);
-        self.stats.write_bytes.fetch_add(len, Ordering::Relaxed);
+        if kind == MutKind::Data {
+            self.stats.write_bytes.fetch_add(len, Ordering::Relaxed);
+        }
         Ok(())
     }
 
@@ -841,6 +843,10 @@ impl BlockService {
                 s.current = cur;
             }
             let expect = s.version.unwrap_or(0);
+            if expect == 0 && kind != MutKind::Data {
+                // Never written anywhere: it already reads as zeros; do not create it.
+                return Ok(());
+            }
             let new = expect + 1;
             let req = OpReq::Write {
                 key: key.clone(),
@@ -944,19 +950,18 @@ impl BlockService {
 
     pub fn usage(&self) -> super::recovery::Usage {
         let s = self.objs.stats();
-        let total = if self.cfg.capacity_bytes > 0 {
-            self.cfg.capacity_bytes
+        // Without a configured capacity, what this node can hold is its data plus the
+        // filesystem's free space: a disk filled by something else makes the node (near)full.
+        let (total, avail) = if self.cfg.capacity_bytes > 0 {
+            let t = self.cfg.capacity_bytes;
+            (t, t.saturating_sub(s.used_bytes).min(s.avail_bytes))
         } else {
-            s.total_bytes
+            (s.used_bytes + s.avail_bytes, s.avail_bytes)
         };
         super::recovery::Usage {
             used: s.used_bytes,
             total,
-            avail: if self.cfg.capacity_bytes > 0 {
-                total.saturating_sub(s.used_bytes)
-            } else {
-                s.avail_bytes
-            },
+            avail,
             objects: s.objects,
             slow_ops: self.stats.slow_ops() as u64,
         }
