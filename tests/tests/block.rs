@@ -129,28 +129,53 @@ async fn nbd_through_sidecars_survives_node_loss_and_recovers() {
     .await;
     assert!(ok, "read back through another node: {out}");
 
-    // kill -9 node 3 in the middle of a series of writes: every acknowledged one must be readable.
-    let mut acked = Vec::new();
-    for i in 0..12u64 {
-        if i == 4 {
-            hosts[2].node.kill9();
-        }
-        let pat = 0x40 + i;
-        let off = 8 * 1024 * 1024 + i * 1024 * 1024 + 4096;
-        let (ok, out) = qemu_io(
-            hosts[0].nbd,
-            "rbd/vm",
-            &[format!("write -P {pat:#x} {off} 256k")],
-        )
-        .await;
-        if ok {
-            acked.push((pat, off));
-        } else {
-            eprintln!("write {i} not acknowledged: {out}");
-        }
+    // kill -9 node 3 while one qemu-io process is writing: every acknowledged write must be
+    // readable afterwards. qemu-io runs its commands in order and prints one line per completed
+    // write; a write that failed prints an error instead.
+    let writes: Vec<String> = (0..48u64)
+        .map(|i| {
+            format!(
+                "write -P {:#x} {} 256k",
+                0x40 + i,
+                8 * 1024 * 1024 + i * 262144
+            )
+        })
+        .collect();
+    let mut cmd = tokio::process::Command::new("qemu-io");
+    cmd.args(["-f", "raw", &format!("nbd://{}/rbd/vm", hosts[0].nbd)]);
+    for w in &writes {
+        cmd.args(["-c", w]);
     }
+    cmd.kill_on_drop(true)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let child = cmd.spawn().expect("qemu-io");
+    // Let some writes complete first (a hang guard bounds this; it asserts nothing about speed).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    hosts[2].node.kill9();
+    let out = tokio::time::timeout(Duration::from_secs(120), child.wait_with_output())
+        .await
+        .expect("qemu-io hung")
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
+    let acked: Vec<(u64, u64)> = text
+        .lines()
+        .filter_map(|l| {
+            let off: u64 = l
+                .strip_prefix("wrote 262144/262144 bytes at offset ")?
+                .trim()
+                .parse()
+                .ok()?;
+            Some((0x40 + (off - 8 * 1024 * 1024) / 262144, off))
+        })
+        .collect();
     // One of three replicas down is within size - min_size: writes go on.
-    assert_eq!(acked.len(), 12, "writes must continue with one node down");
+    assert_eq!(
+        acked.len(),
+        48,
+        "writes must continue with one node down: {text}"
+    );
     let reads: Vec<String> = acked
         .iter()
         .map(|(p, o)| format!("read -P {p:#x} {o} 256k"))

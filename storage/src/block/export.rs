@@ -62,9 +62,8 @@ impl Device {
 impl BlockDevice for Device {
     fn size(&self) -> u64 {
         self.svc
-            .meta()
             .image(&self.pool, &self.image)
-            .map(|i| i.size)
+            .map(|(_, i)| i.size)
             .unwrap_or(0)
     }
 

@@ -403,7 +403,9 @@ impl BlockService {
     }
 
     pub fn pool(&self, name: &str) -> Result<Pool, BlockError> {
-        self.meta()
+        self.meta
+            .read()
+            .expect("meta lock")
             .pool(name)
             .ok_or_else(|| BlockError::NotFound(format!("pool '{name}' does not exist")))
     }
@@ -411,7 +413,9 @@ impl BlockService {
     pub fn image(&self, pool: &str, name: &str) -> Result<(Pool, Image), BlockError> {
         let p = self.pool(pool)?;
         let i = self
-            .meta()
+            .meta
+            .read()
+            .expect("meta lock")
             .image(pool, name)
             .ok_or_else(|| BlockError::NotFound(format!("image '{pool}/{name}' does not exist")))?;
         Ok((p, i))
