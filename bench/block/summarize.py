@@ -111,7 +111,7 @@ with open(os.path.join(OUT, "results.tsv"), "w", encoding="utf-8") as fh:
 
 names = [t for t, _, _ in targets]
 have_b = any(t == BULWARK for t, _ in res)
-ratio_cols = [(BULWARK, CEPH), (BULWARK, QEMU)] if have_b else []
+ratio_cols = [(BULWARK, o) for o in (CEPH, QEMU) if have_b and o in names]
 if not have_b and CEPH in names and QEMU in names:
     ratio_cols = [(CEPH, QEMU)]
 

@@ -32,6 +32,15 @@
 //!   from another replica — the write itself was never acknowledged, so nothing acknowledged is lost.
 //!   Removal goes the other way (metadata first, then unlink) so a crash leaves at worst an orphan
 //!   file, which [`ObjStore::open`] deletes.
+//! - **Write-ahead log for small writes.** Syncing every touched file costs one fdatasync per
+//!   object (≈165 µs each here; 16 random 4 KiB writes touch ~16 objects), so writes up to 256 KiB
+//!   instead put their bytes into a `wal` table of the same redb transaction as their metadata: one
+//!   commit makes the whole batch durable, and their files are written but not synced. A checkpoint
+//!   (sync those files, empty the table in the next transaction) runs every 32 MiB or 5 s, and
+//!   before any other kind of operation (import, removal, big write), so a replay never re-applies
+//!   an old small write over newer bytes. [`ObjStore::open`] replays the table in order — records
+//!   are absolute bytes at absolute offsets, so replaying what already reached the file is harmless.
+//!   Bigger writes keep the data-then-metadata order above.
 //! - **Group commit.** One fdatasync costs ≈165 µs on the reference disk, so at queue depth 16 a
 //!   commit per write would serialise on the disk. All mutations go to one writer thread, which
 //!   takes everything queued (up to 256 operations or 64 MiB of payload), applies them in arrival
@@ -69,6 +78,15 @@ use tokio::sync::{mpsc, oneshot};
 const OBJECTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("objects");
 /// key → version (u64 LE) ‖ used bytes (u64 LE): small, so the index loads fast at open.
 const OBJECT_INFO: TableDefinition<&[u8], &[u8]> = TableDefinition::new("object_info");
+/// Write-ahead records of small writes: `seq → [u16 key len][key][u64 offset][data]`.
+const WAL: TableDefinition<u64, &[u8]> = TableDefinition::new("wal");
+/// Writes up to this size go through the write-ahead table (one redb commit makes a whole batch of
+/// them durable); bigger ones are `fdatasync`ed in their object files.
+const WAL_MAX_OP: u64 = 256 << 10;
+/// Checkpoint (sync the object files, empty the write-ahead table) after this many bytes...
+const WAL_CHECKPOINT_BYTES: u64 = 32 << 20;
+/// ...or this long after the previous checkpoint.
+const WAL_CHECKPOINT_AGE: std::time::Duration = std::time::Duration::from_secs(5);
 type ObjTable<'t> = Table<'t, &'static [u8], &'static [u8]>;
 
 const CS: u64 = CHUNK_SIZE as u64;
@@ -462,6 +480,33 @@ struct Inner {
     locks: Vec<RwLock<()>>,
     files: Mutex<FileCache>,
     batches: AtomicU64,
+    /// Files written through the write-ahead table and not yet synced, and the table's state.
+    wal: Mutex<WalState>,
+}
+
+struct WalState {
+    lazy: HashMap<ObjectKey, Arc<File>>,
+    dirs: HashSet<PathBuf>,
+    seq: u64,
+    bytes: u64,
+    last_checkpoint: std::time::Instant,
+}
+
+fn encode_wal(key: &ObjectKey, pos: u64, data: &[u8]) -> Vec<u8> {
+    let k = encode_key(key);
+    let mut out = Vec::with_capacity(2 + k.len() + 8 + data.len());
+    out.extend_from_slice(&(k.len() as u16).to_be_bytes());
+    out.extend_from_slice(&k);
+    out.extend_from_slice(&pos.to_be_bytes());
+    out.extend_from_slice(data);
+    out
+}
+
+fn decode_wal(b: &[u8]) -> Option<(ObjectKey, u64, &[u8])> {
+    let n = u16::from_be_bytes(b.get(..2)?.try_into().ok()?) as usize;
+    let key = decode_key(b.get(2..2 + n)?)?;
+    let pos = u64::from_be_bytes(b.get(2 + n..10 + n)?.try_into().ok()?);
+    Some((key, pos, b.get(10 + n..)?))
 }
 
 /// A sparse-object chunk as a mutation leaves it.
@@ -536,6 +581,11 @@ struct Batch {
     touched: HashMap<ObjectKey, Arc<File>>,
     dirs: HashSet<PathBuf>,
     unlink: HashSet<ObjectKey>,
+    /// The op being applied logs its data to the write-ahead table instead of syncing its file.
+    wal_mode: bool,
+    wal: Vec<(ObjectKey, u64, Bytes)>,
+    /// Objects written (or truncated) outside the write-ahead table: synced before the commit.
+    direct: HashSet<ObjectKey>,
 }
 
 impl Batch {
@@ -737,10 +787,48 @@ impl Inner {
     ) -> Result<Vec<Result<Done, ObjError>>, ObjError> {
         let mut tx = self.db.begin_write()?;
         tx.set_durability(Durability::Immediate);
+        // Anything but small writes (imports, removals, big writes) first makes the files of the
+        // logged writes durable and empties the log, so a replay can never re-apply an old small
+        // write over what such an op wrote. So do size and age, to bound the replay.
+        let mut wal = lock(&self.wal);
+        let plain = ops.iter().all(|op| match op {
+            Op::Write(w) => w.m.span() <= WAL_MAX_OP,
+            _ => false,
+        });
+        if !plain
+            || wal.bytes > WAL_CHECKPOINT_BYTES
+            || wal.last_checkpoint.elapsed() > WAL_CHECKPOINT_AGE
+        {
+            for f in wal.lazy.values() {
+                f.sync_data()?;
+            }
+            for d in &wal.dirs {
+                sync_dir(d)?;
+            }
+            tx.delete_table(WAL)?;
+            wal.lazy.clear();
+            wal.dirs.clear();
+            wal.bytes = 0;
+            wal.last_checkpoint = std::time::Instant::now();
+        }
         let results = {
             let mut table = tx.open_table(OBJECTS)?;
             let mut info = tx.open_table(OBJECT_INFO)?;
-            let results: Vec<_> = ops.iter().map(|op| self.apply_op(&table, st, op)).collect();
+            let results: Vec<_> = ops
+                .iter()
+                .map(|op| {
+                    st.wal_mode = matches!(op, Op::Write(w) if w.m.span() <= WAL_MAX_OP);
+                    let r = self.apply_op(&table, st, op);
+                    st.wal_mode = false;
+                    r
+                })
+                .collect();
+            let mut log = tx.open_table(WAL)?;
+            for (key, pos, data) in st.wal.drain(..) {
+                wal.seq += 1;
+                wal.bytes += data.len() as u64;
+                log.insert(wal.seq, encode_wal(&key, pos, &data).as_slice())?;
+            }
             for key in &st.dirty {
                 let k = encode_key(key);
                 match st.working.get(key) {
@@ -756,11 +844,19 @@ impl Inner {
             }
             results
         };
-        for f in st.touched.values() {
-            f.sync_data()?;
+        for (k, f) in &st.touched {
+            if st.direct.contains(k) {
+                f.sync_data()?;
+            } else {
+                wal.lazy.insert(k.clone(), f.clone());
+            }
         }
-        for d in &st.dirs {
-            sync_dir(d)?;
+        if st.direct.is_empty() {
+            wal.dirs.extend(st.dirs.iter().cloned());
+        } else {
+            for d in &st.dirs {
+                sync_dir(d)?;
+            }
         }
         tx.commit()?;
         Ok(results)
@@ -985,16 +1081,22 @@ impl Inner {
                 j += 1;
             }
             let pos = c * CS;
-            match (j - i, src, payload) {
-                (1, _, _) => file.write_all_at(bytes, pos)?,
-                (n, Some(a), Some(p)) => file.write_all_at(&p[a..a + n * CHUNK_SIZE], pos)?,
+            let run: Bytes = match (j - i, src, payload) {
+                (1, _, _) => (*bytes).clone(),
+                (n, Some(a), Some(p)) => p.slice(a..a + n * CHUNK_SIZE),
                 (n, _, _) => {
                     let mut buf = Vec::with_capacity(n * CHUNK_SIZE);
                     for (_, b, _) in &data[i..j] {
                         buf.extend_from_slice(b);
                     }
-                    file.write_all_at(&buf, pos)?;
+                    Bytes::from(buf)
                 }
+            };
+            file.write_all_at(&run, pos)?;
+            if st.wal_mode {
+                st.wal.push((key.clone(), pos, run));
+            } else {
+                st.direct.insert(key.clone());
             }
             i = j;
         }
@@ -1084,6 +1186,53 @@ fn writer_loop(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<Req>) {
         }
         inner.commit_batch(batch);
     }
+}
+
+/// Re-applies the logged small writes of a crashed run, in order, to their object files, syncs
+/// them and empties the log. Each record is absolute bytes at an absolute offset, so replaying
+/// records that already reached the file is harmless.
+fn replay_wal(db: &Database, objects_dir: &Path) -> Result<(), ObjError> {
+    let mut files: HashMap<ObjectKey, File> = HashMap::new();
+    let mut n = 0u64;
+    {
+        let tx = db.begin_read()?;
+        let t = tx.open_table(WAL)?;
+        for row in t.iter()? {
+            let (_, v) = row?;
+            let (key, pos, data) = decode_wal(v.value())
+                .ok_or_else(|| ObjError::Db("undecodable write-ahead record".into()))?;
+            if !files.contains_key(&key) {
+                let pool_dir = objects_dir.join(key.pool.to_string());
+                fs::create_dir_all(&pool_dir)?;
+                let f = OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .create(true)
+                    .truncate(false)
+                    .open(pool_dir.join(key.name()))?;
+                files.insert(key.clone(), f);
+            }
+            files[&key].write_all_at(data, pos)?;
+            n += 1;
+        }
+    }
+    if n == 0 {
+        return Ok(());
+    }
+    for f in files.values() {
+        f.sync_data()?;
+    }
+    for k in files.keys() {
+        sync_dir(&objects_dir.join(k.pool.to_string()))?;
+    }
+    sync_dir(objects_dir)?;
+    let mut tx = db.begin_write()?;
+    tx.set_durability(Durability::Immediate);
+    tx.delete_table(WAL)?;
+    tx.open_table(WAL)?;
+    tx.commit()?;
+    tracing::info!(records = n, objects = files.len(), "replayed the object store's write-ahead log");
+    Ok(())
 }
 
 /// Deletes object files without metadata: left by a crash between a removal's commit and its
@@ -1177,8 +1326,10 @@ impl ObjStore {
             tx.set_durability(Durability::Immediate);
             tx.open_table(OBJECTS)?;
             tx.open_table(OBJECT_INFO)?;
+            tx.open_table(WAL)?;
             tx.commit()?;
         }
+        replay_wal(&db, &objects_dir)?;
         let mut index = Index::default();
         {
             let tx = db.begin_read()?;
@@ -1200,6 +1351,13 @@ impl ObjStore {
             locks: (0..LOCK_STRIPES).map(|_| RwLock::new(())).collect(),
             files: Mutex::new(FileCache::default()),
             batches: AtomicU64::new(0),
+            wal: Mutex::new(WalState {
+                lazy: HashMap::new(),
+                dirs: HashSet::new(),
+                seq: 0,
+                bytes: 0,
+                last_checkpoint: std::time::Instant::now(),
+            }),
         });
         let (tx, rx) = mpsc::unbounded_channel();
         let w = inner.clone();
@@ -1511,6 +1669,35 @@ mod tests {
         assert_eq!(parse_object_file(1, &k.name()), Some(k));
     }
 
+    /// Small writes are durable through the write-ahead table: even if their file data never
+    /// reached the disk (simulated by emptying the file before reopening), reopening replays them.
+    #[tokio::test]
+    async fn logged_small_writes_survive_lost_file_data() {
+        let d = tempfile::tempdir().unwrap();
+        let k = key("wal", 0);
+        let a = pattern(3, 4096);
+        let b = pattern(4, 6000);
+        {
+            let s = ObjStore::open(d.path(), MAX).unwrap();
+            put(&s, &k, 0, 8192, Mutation::Data(a.clone())).await;
+            put(&s, &k, 1, 100, Mutation::Data(b.clone())).await;
+        }
+        OpenOptions::new()
+            .write(true)
+            .open(obj_path(d.path(), &k))
+            .unwrap()
+            .set_len(0)
+            .unwrap();
+        let s = ObjStore::open(d.path(), MAX).unwrap();
+        let (v, got) = s.read(&k, 0, 12288).await.unwrap();
+        assert_eq!(v, 2);
+        let mut model = vec![0u8; 12288];
+        model[8192..12288].copy_from_slice(&a);
+        model[100..6100].copy_from_slice(&b);
+        assert_eq!(&got[..], &model[..]);
+        assert!(s.scrub(&k).await.unwrap().is_empty());
+    }
+
     #[tokio::test]
     async fn roundtrip_aligned_and_unaligned() {
         let d = tempfile::tempdir().unwrap();
@@ -1763,11 +1950,12 @@ mod tests {
         corrupt(bad_dir.path(), &k, 5);
         put(&bad, &k, 1, 0, Mutation::Data(pattern(8, 4096))).await;
         assert_eq!(bad.scrub(&k).await.unwrap(), Vec::<u64>::new());
-        // A deleted file makes every data chunk corrupt.
+        // A deleted file makes every data chunk corrupt — except what the write-ahead log still
+        // holds (the last small write, chunk 0), which reopening replays.
         drop(bad);
         fs::remove_file(obj_path(bad_dir.path(), &k)).unwrap();
         let bad = ObjStore::open(bad_dir.path(), MAX).unwrap();
-        assert_eq!(bad.scrub(&k).await.unwrap(), vec![0, 1, 2]);
+        assert_eq!(bad.scrub(&k).await.unwrap(), vec![1, 2]);
     }
 
     #[tokio::test]
