@@ -35,10 +35,11 @@
 //! - **Write-ahead log for small writes.** Syncing every touched file costs one fdatasync per
 //!   object (≈165 µs each here; 16 random 4 KiB writes touch ~16 objects), so writes up to 256 KiB
 //!   instead put their bytes into a `wal` table of the same redb transaction as their metadata: one
-//!   commit makes the whole batch durable, and their files are written but not synced. A checkpoint
-//!   (sync those files, empty the table in the next transaction) runs every 32 MiB or 5 s, and
-//!   before any other kind of operation (import, removal, big write), so a replay never re-applies
-//!   an old small write over newer bytes. [`ObjStore::open`] replays the table in order — records
+//!   commit makes the whole batch durable, and their files are written but not synced. A background
+//!   checkpoint thread (every 32 MiB or 5 s) syncs those files outside the writer's path and then
+//!   lets the writer delete the records up to where it started, so the writer never stalls on it.
+//!   Any other kind of operation (import, removal, big write) first checkpoints synchronously, so a
+//!   replay never re-applies an old small write over newer bytes. [`ObjStore::open`] replays the table in order — records
 //!   are absolute bytes at absolute offsets, so replaying what already reached the file is harmless.
 //!   Bigger writes keep the data-then-metadata order above.
 //! - **Group commit.** One fdatasync costs ≈165 µs on the reference disk, so at queue depth 16 a
@@ -490,6 +491,59 @@ struct WalState {
     seq: u64,
     bytes: u64,
     last_checkpoint: std::time::Instant,
+    /// Files a background checkpoint is syncing (a synchronous checkpoint syncs them too).
+    syncing: Vec<Arc<File>>,
+    syncing_dirs: HashSet<PathBuf>,
+    /// Set by a finished background checkpoint: records up to this sequence may be deleted.
+    done_upto: Option<u64>,
+    stop: bool,
+}
+
+/// Checkpoints in the background, so the writer never stalls on syncing many files: take the
+/// set of written-but-unsynced files and the log's current sequence, sync them outside the lock,
+/// then let the writer delete the records up to that sequence in its next transaction.
+fn checkpointer(inner: std::sync::Weak<Inner>) {
+    loop {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let Some(inner) = inner.upgrade() else { return };
+        let (files, dirs, upto) = {
+            let mut w = lock(&inner.wal);
+            if w.stop {
+                return;
+            }
+            let due = w.bytes > WAL_CHECKPOINT_BYTES
+                || (w.last_checkpoint.elapsed() > WAL_CHECKPOINT_AGE && !w.lazy.is_empty());
+            if !due || !w.syncing.is_empty() || w.done_upto.is_some() {
+                continue;
+            }
+            let files: Vec<Arc<File>> = w.lazy.drain().map(|(_, f)| f).collect();
+            let dirs: HashSet<PathBuf> = std::mem::take(&mut w.dirs);
+            w.syncing = files.clone();
+            w.syncing_dirs = dirs.clone();
+            w.bytes = 0;
+            w.last_checkpoint = std::time::Instant::now();
+            (files, dirs, w.seq)
+        };
+        let mut ok = true;
+        for f in &files {
+            if let Err(e) = f.sync_data() {
+                tracing::error!(error = %e, "checkpoint: cannot sync an object file; keeping the log");
+                ok = false;
+            }
+        }
+        for d in &dirs {
+            if let Err(e) = sync_dir(d) {
+                tracing::error!(error = %e, "checkpoint: cannot sync a directory; keeping the log");
+                ok = false;
+            }
+        }
+        let mut w = lock(&inner.wal);
+        w.syncing.clear();
+        w.syncing_dirs.clear();
+        if ok {
+            w.done_upto = Some(upto);
+        }
+    }
 }
 
 fn encode_wal(key: &ObjectKey, pos: u64, data: &[u8]) -> Vec<u8> {
@@ -795,21 +849,22 @@ impl Inner {
             Op::Write(w) => w.m.span() <= WAL_MAX_OP,
             _ => false,
         });
-        if !plain
-            || wal.bytes > WAL_CHECKPOINT_BYTES
-            || wal.last_checkpoint.elapsed() > WAL_CHECKPOINT_AGE
-        {
-            for f in wal.lazy.values() {
+        if !plain || wal.bytes > 4 * WAL_CHECKPOINT_BYTES {
+            // Synchronous checkpoint (also when the background one falls far behind).
+            for f in wal.lazy.values().chain(wal.syncing.iter()) {
                 f.sync_data()?;
             }
-            for d in &wal.dirs {
+            for d in wal.dirs.iter().chain(wal.syncing_dirs.iter()) {
                 sync_dir(d)?;
             }
             tx.delete_table(WAL)?;
             wal.lazy.clear();
             wal.dirs.clear();
             wal.bytes = 0;
+            wal.done_upto = None;
             wal.last_checkpoint = std::time::Instant::now();
+        } else if let Some(upto) = wal.done_upto.take() {
+            tx.open_table(WAL)?.retain_in(..=upto, |_, _| false)?;
         }
         let results = {
             let mut table = tx.open_table(OBJECTS)?;
@@ -1231,7 +1286,11 @@ fn replay_wal(db: &Database, objects_dir: &Path) -> Result<(), ObjError> {
     tx.delete_table(WAL)?;
     tx.open_table(WAL)?;
     tx.commit()?;
-    tracing::info!(records = n, objects = files.len(), "replayed the object store's write-ahead log");
+    tracing::info!(
+        records = n,
+        objects = files.len(),
+        "replayed the object store's write-ahead log"
+    );
     Ok(())
 }
 
@@ -1294,12 +1353,17 @@ pub struct ObjStore {
     inner: Arc<Inner>,
     tx: Option<mpsc::UnboundedSender<Req>>,
     writer: Option<std::thread::JoinHandle<()>>,
+    checkpointer: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Drop for ObjStore {
     fn drop(&mut self) {
         self.tx.take();
         if let Some(h) = self.writer.take() {
+            let _ = h.join();
+        }
+        lock(&self.inner.wal).stop = true;
+        if let Some(h) = self.checkpointer.take() {
             let _ = h.join();
         }
     }
@@ -1357,8 +1421,19 @@ impl ObjStore {
                 seq: 0,
                 bytes: 0,
                 last_checkpoint: std::time::Instant::now(),
+                syncing: Vec::new(),
+                syncing_dirs: HashSet::new(),
+                done_upto: None,
+                stop: false,
             }),
         });
+        let checkpointer = {
+            let weak = Arc::downgrade(&inner);
+            std::thread::Builder::new()
+                .name("objstore-checkpoint".into())
+                .spawn(move || checkpointer(weak))
+                .map_err(|e| ObjError::Io(format!("cannot start the checkpoint thread: {e}")))?
+        };
         let (tx, rx) = mpsc::unbounded_channel();
         let w = inner.clone();
         let writer = std::thread::Builder::new()
@@ -1368,6 +1443,7 @@ impl ObjStore {
             inner,
             tx: Some(tx),
             writer: Some(writer),
+            checkpointer: Some(checkpointer),
         })
     }
 

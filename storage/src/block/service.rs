@@ -160,7 +160,7 @@ pub struct BlockService {
 const BATCH_BYTES: usize = 8 << 20;
 const BATCH_OPS: usize = 128;
 /// Batches in flight to one peer at once.
-const BATCHES_IN_FLIGHT: usize = 4;
+const BATCHES_IN_FLIGHT: usize = 2;
 
 impl BlockService {
     pub fn open(node: Arc<Node>) -> anyhow::Result<Arc<Self>> {
