@@ -132,17 +132,47 @@ async fn route(shared: &Shared, req: http::Request<Incoming>) -> Response {
                 ),
             }
         }
+        (Method::GET, "/faults") => json(&crate::policy::fault::handle_list(&shared.faults)),
+        (Method::DELETE, "/faults") => json(&crate::policy::fault::handle_clear(&shared.faults)),
+        (Method::POST, "/faults") => {
+            let body = match http_body_util::BodyExt::collect(req.into_body()).await {
+                Ok(b) => b.to_bytes(),
+                Err(e) => return text(StatusCode::BAD_REQUEST, format!("cannot read body: {e}\n")),
+            };
+            match crate::policy::fault::handle_add(&shared.faults, &body) {
+                Ok(v) => {
+                    let mut r = json(&v);
+                    *r.status_mut() = StatusCode::CREATED;
+                    r
+                }
+                Err(e) => fault_error(e),
+            }
+        }
+        (Method::DELETE, p) if p.starts_with("/faults/") => {
+            match crate::policy::fault::handle_delete(&shared.faults, &p["/faults/".len()..]) {
+                Ok(()) => text(StatusCode::NO_CONTENT, ""),
+                Err(e) => fault_error(e),
+            }
+        }
         (Method::POST, "/reload") => match shared.reload_from_file() {
             Ok(()) => text(StatusCode::OK, "reloaded\n"),
             Err(e) => text(StatusCode::BAD_REQUEST, format!("reload rejected: {e}\n")),
         },
         (
             _,
-            "/live" | "/ready" | "/metrics" | "/config" | "/circuits" | "/stats" | "/log-level" | "/reload",
+            "/live" | "/ready" | "/metrics" | "/config" | "/circuits" | "/stats" | "/log-level" | "/reload"
+            | "/faults",
         ) => text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
         _ => text(
             StatusCode::NOT_FOUND,
-            "unknown admin path; try /metrics /ready /live /config /circuits /stats /log-level /reload\n",
+            "unknown admin path; try /metrics /ready /live /config /circuits /stats /log-level /reload /faults\n",
         ),
     }
+}
+
+fn fault_error(e: crate::policy::fault::FaultError) -> Response {
+    let status = e.status();
+    let mut r = json(&e.to_json());
+    *r.status_mut() = status;
+    r
 }

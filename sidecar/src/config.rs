@@ -39,6 +39,20 @@ pub struct Config {
     /// Grace period for in-flight requests on SIGTERM.
     #[serde(with = "humantime_serde")]
     pub drain_timeout: Duration,
+    /// The Toxiproxy-compatible fault API (TCP toxics); off unless `listen` is set.
+    pub toxiproxy: ToxiproxyConfig,
+}
+
+/// `[toxiproxy]`: a Toxiproxy-compatible API (same paths, shapes and status codes) whose proxies
+/// are TCP listeners with toxics. It has no authentication (Toxiproxy clients send none), so it
+/// must listen on loopback unless `allow_non_loopback` says otherwise.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ToxiproxyConfig {
+    pub listen: Option<SocketAddr>,
+    /// Seeds the toxicity rolls and jitter (reproducible runs; see `toxiproxy` module docs).
+    pub seed: u64,
+    pub allow_non_loopback: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -290,6 +304,16 @@ impl Config {
                 "admin.listen {} is not loopback: set admin.token (the admin API can change the proxy)",
                 self.admin.listen
             ));
+        }
+        if let Some(t) = self.toxiproxy.listen {
+            if !addrs.insert(t) {
+                return Err(format!("toxiproxy.listen {t} is used twice"));
+            }
+            if !t.ip().is_loopback() && !self.toxiproxy.allow_non_loopback {
+                return Err(format!(
+                    "toxiproxy.listen {t} is not loopback: the fault API has no authentication; set toxiproxy.allow_non_loopback = true to accept that"
+                ));
+            }
         }
         if let Some(e) = &self.telemetry.otlp_endpoint {
             if !(e.starts_with("http://") || e.starts_with("https://")) {

@@ -13,6 +13,7 @@ pub mod policy;
 pub mod proxy;
 pub mod server;
 pub mod telemetry;
+pub mod toxiproxy;
 
 use bytes::Bytes;
 

@@ -67,6 +67,8 @@ pub struct Shared {
     pub retry_metrics: RetryMetrics,
     pub throttle_metrics: ThrottleMetrics,
     pub shed_metrics: ShedMetrics,
+    /// Injected HTTP faults (admin `/faults`), shared by every listener.
+    pub faults: crate::policy::fault::FaultRegistry,
     pub registry: Registry,
     pub conns: ConnCounter,
     pub draining: AtomicBool,
@@ -85,6 +87,8 @@ pub struct PolicyLayers {
     pub throttle: ThrottleLayer,
     pub shed: ShedLayer,
     pub retry: RetryLayer,
+    /// Kept across reloads so the listener's fault RNG sequence is not reset.
+    pub fault: crate::policy::fault::FaultLayer,
 }
 
 impl Shared {
@@ -100,7 +104,10 @@ impl Shared {
         retry_metrics.register(&mut registry);
         throttle_metrics.register(&mut registry);
         shed_metrics.register(&mut registry);
+        let fault_metrics = crate::policy::fault::FaultMetrics::default();
+        fault_metrics.register(&mut registry);
         Arc::new(Self {
+            faults: crate::policy::fault::FaultRegistry::new(fault_metrics),
             config: ArcSwap::from_pointee(cfg),
             config_path,
             metrics,
@@ -135,11 +142,24 @@ impl Shared {
             Some(o) if o.config.retry == policy.retry => o.retry.clone(),
             _ => RetryLayer::new(policy.retry.clone(), self.retry_metrics.clone()),
         };
+        let fault = match old {
+            Some(o) => o.fault.clone(),
+            // Seeded per listener (FNV-1a of its name): reproducible, and listeners do not
+            // draw the same sequence.
+            None => {
+                let seed = listener.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+                    (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+                });
+                crate::policy::fault::FaultLayer::new(self.faults.clone(), seed)
+                    .for_listener(listener)
+            }
+        };
         let layers = PolicyLayers {
             config: policy.clone(),
             throttle,
             shed,
             retry,
+            fault,
         };
         all.insert(listener.to_string(), layers.clone());
         layers
@@ -171,6 +191,10 @@ impl Shared {
         };
         if shape(&old) != shape(&new) || old.admin.listen != new.admin.listen {
             return self.reload_failed("listeners (names, addresses, protocols) and admin.listen cannot change on reload; restart the sidecar".into());
+        }
+        if old.toxiproxy != new.toxiproxy {
+            return self
+                .reload_failed("[toxiproxy] cannot change on reload; restart the sidecar".into());
         }
         let new = Arc::new(new);
         let mut built = Vec::new();
@@ -233,6 +257,8 @@ impl Shared {
 pub struct Bound {
     listeners: Vec<(String, Protocol, TcpListener)>,
     admin: TcpListener,
+    /// The Toxiproxy-compatible fault API, when `[toxiproxy] listen` is set.
+    toxiproxy: Option<TcpListener>,
 }
 
 pub async fn bind(cfg: &Config) -> Result<Bound, String> {
@@ -246,12 +272,28 @@ pub async fn bind(cfg: &Config) -> Result<Bound, String> {
     let admin = TcpListener::bind(cfg.admin.listen)
         .await
         .map_err(|e| format!("admin: cannot listen on {}: {e}", cfg.admin.listen))?;
-    Ok(Bound { listeners, admin })
+    let toxiproxy = match cfg.toxiproxy.listen {
+        Some(a) => Some(
+            TcpListener::bind(a)
+                .await
+                .map_err(|e| format!("toxiproxy: cannot listen on {a}: {e}"))?,
+        ),
+        None => None,
+    };
+    Ok(Bound {
+        listeners,
+        admin,
+        toxiproxy,
+    })
 }
 
 impl Bound {
     pub fn admin_addr(&self) -> std::net::SocketAddr {
         self.admin.local_addr().expect("bound")
+    }
+
+    pub fn toxiproxy_addr(&self) -> Option<std::net::SocketAddr> {
+        self.toxiproxy.as_ref().and_then(|l| l.local_addr().ok())
     }
 
     pub fn addr_of(&self, name: &str) -> Option<std::net::SocketAddr> {
@@ -296,6 +338,10 @@ pub async fn run(shared: Arc<Shared>, bound: Bound, mut stop: watch::Receiver<bo
         tracing::info!(listener = %name, "listening");
     }
     tokio::spawn(crate::admin::serve(bound.admin, shared.clone(), rx.clone()));
+    if let Some(l) = bound.toxiproxy {
+        tracing::info!(listen = ?l.local_addr().ok(), "toxiproxy-compatible fault API listening");
+        tokio::spawn(crate::toxiproxy::serve(l, cfg.toxiproxy.seed, rx.clone()));
+    }
     let _ = stop.changed().await;
     shared.draining.store(true, Ordering::SeqCst);
     let grace = shared.config.load().drain_timeout;

@@ -18,7 +18,6 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::TcpListener;
@@ -55,7 +54,9 @@ impl ListenerRuntime {
         };
         let forward = Forward::new(target, listener.connect_timeout);
         let layers = shared.policy_layers(name, &policy);
+        // Faults first: what they inject looks like a real failure to every policy behind them.
         let stack = ServiceBuilder::new()
+            .layer(layers.fault)
             .layer(layers.throttle)
             .layer(layers.shed)
             .layer(BreakerLayer::new(
@@ -128,7 +129,14 @@ pub async fn serve(
                 move |req: hyper::Request<Incoming>| {
                     let rt = rt.load_full();
                     let shared = shared.clone();
-                    async move { Ok::<_, Infallible>(handle(rt, shared, remote, req).await) }
+                    async move {
+                        let resp = handle(rt, shared, remote, req).await;
+                        // An injected `reset` fault: drop the connection without an answer.
+                        match crate::policy::fault::ConnectionReset::of(&resp) {
+                            Some(e) => Err(e),
+                            None => Ok(resp),
+                        }
+                    }
                 }
             });
             let conn = builder.serve_connection(TokioIo::new(stream), svc);
@@ -200,6 +208,7 @@ async fn handle_inner(
     let ext = req.extensions_mut();
     ext.insert(class);
     ext.insert(client);
+    ext.insert(remote);
     ext.insert(UpstreamName(Arc::from(upstream.as_str())));
     // Not `oneshot`: a held `Oneshot<S, _>` names `S::Future` through the trait, which trips
     // rustc's higher-ranked Send inference in spawned tasks; the boxed future is concrete.

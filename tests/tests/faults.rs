@@ -1,0 +1,156 @@
+//! HTTP fault injection through a real sidecar: faults added over the admin API (`/faults`),
+//! observed by a real HTTP client, and gone by themselves when their TTL passes.
+
+use bulwark_e2e::fixture::Fixture;
+use bulwark_e2e::{free_addr, http, wait_for, SidecarProc};
+use serde_json::{json, Value};
+use std::time::Duration;
+
+fn config(listen: std::net::SocketAddr, upstream: std::net::SocketAddr) -> String {
+    format!("[[listener]]\nname = \"api\"\nlisten = \"{listen}\"\nupstream = \"{upstream}\"\n")
+}
+
+async fn add(s: &SidecarProc, spec: Value) -> reqwest::Response {
+    http()
+        .post(s.admin_url("/faults"))
+        .json(&spec)
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn http_faults_apply_to_matching_requests_and_expire_by_themselves() {
+    let fx = Fixture::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let listen = free_addr();
+    let s = SidecarProc::start(dir.path(), "sc", &config(listen, fx.addr));
+    s.wait_ready().await;
+    let get = |path: &str| http().get(format!("http://{listen}{path}")).send();
+
+    // Abort by route, with a TTL: other routes are untouched, and the fault ends on its own.
+    let r = add(
+        &s,
+        json!({"id": "abort-ok", "kind": {"type": "abort", "status": 503}, "route": "/ok", "ttl": "2s"}),
+    )
+    .await;
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    let r = get("/ok?bytes=10").await.unwrap();
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.headers()["x-bulwark-fault"], "abort-ok");
+    assert_eq!(get("/status/200").await.unwrap().status(), 200);
+    let listed: Value = http()
+        .get(s.admin_url("/faults"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["faults"][0]["id"], "abort-ok");
+    assert!(
+        listed["faults"][0]["injected"].as_u64().unwrap() >= 1,
+        "{listed}"
+    );
+    wait_for(
+        "the abort fault's TTL to pass",
+        Duration::from_secs(10),
+        || async { (get("/ok?bytes=10").await.ok()?.status() == 200).then_some(()) },
+    )
+    .await;
+
+    // Bad specs are refused with a reason: no TTL, duplicate id.
+    let r = add(
+        &s,
+        json!({"id": "x", "kind": {"type": "abort", "status": 500}}),
+    )
+    .await;
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("ttl"));
+    let spec = json!({"id": "dup", "kind": {"type": "delay", "fixed_ms": 1}, "ttl": "1m", "route": "/nothing"});
+    assert_eq!(add(&s, spec.clone()).await.status(), 201);
+    assert_eq!(add(&s, spec).await.status(), 409);
+    let r = http()
+        .delete(s.admin_url("/faults/dup"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+
+    // Wrong payload: same length, different bytes.
+    let clean = get("/ok?bytes=4096").await.unwrap().bytes().await.unwrap();
+    let r = add(
+        &s,
+        json!({"id": "corrupt", "kind": {"type": "corrupt", "bytes": 8}, "route": "/ok", "ttl": "1m"}),
+    )
+    .await;
+    assert_eq!(r.status(), 201);
+    let bad = get("/ok?bytes=4096").await.unwrap().bytes().await.unwrap();
+    assert_eq!(bad.len(), clean.len());
+    assert_ne!(bad, clean);
+    http()
+        .delete(s.admin_url("/faults/corrupt"))
+        .send()
+        .await
+        .unwrap();
+
+    // Truncated transfer: the client sees the body cut short.
+    add(
+        &s,
+        json!({"id": "cut", "kind": {"type": "truncate", "after_bytes": 1000}, "route": "/ok", "ttl": "1m"}),
+    )
+    .await;
+    // (hyper may report the cut while the answer is still being read, or while reading the body)
+    if let Ok(r) = get("/ok?bytes=100000").await {
+        assert!(
+            r.bytes().await.is_err(),
+            "a truncated body must not read as complete"
+        );
+    }
+    http()
+        .delete(s.admin_url("/faults/cut"))
+        .send()
+        .await
+        .unwrap();
+
+    // Reset: the connection is dropped without an answer.
+    add(
+        &s,
+        json!({"id": "rst", "kind": {"type": "reset"}, "header": {"name": "x-chaos"}, "ttl": "1m"}),
+    )
+    .await;
+    let r = http()
+        .get(format!("http://{listen}/ok"))
+        .header("x-chaos", "1")
+        .send()
+        .await;
+    assert!(r.is_err(), "expected a dropped connection, got {r:?}");
+    assert_eq!(get("/ok").await.unwrap().status(), 200);
+
+    // Clearing removes everything at once.
+    let r: Value = http()
+        .delete(s.admin_url("/faults"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(r["removed"], 1);
+    let r = http()
+        .get(format!("http://{listen}/ok"))
+        .header("x-chaos", "1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let m = http()
+        .get(s.admin_url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(m.contains("bulwark_faults_injected_total"), "{m}");
+}
