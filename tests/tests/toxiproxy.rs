@@ -281,3 +281,41 @@ async fn toxiproxy_limit_data_reset_peer_ttl_and_metrics() {
     assert_eq!(st, 201);
     assert_eq!(v["proxies"][0]["listen"], addr.to_string());
 }
+
+/// An unmodified Toxiproxy client library drives the sidecar. CI installs it (`.ci/run` sets
+/// BULWARK_TOXIPROXY_CLIENT_PY to a Python with `toxiproxy-python==0.1.1`); elsewhere the test says
+/// how to run it and passes vacuously only when that variable is absent.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unmodified_toxiproxy_client_works() {
+    let Ok(py) = std::env::var("BULWARK_TOXIPROXY_CLIENT_PY") else {
+        eprintln!(
+            "skipped: set BULWARK_TOXIPROXY_CLIENT_PY to a python with toxiproxy-python==0.1.1 (CI does)"
+        );
+        return;
+    };
+    let fx = Fixture::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (_s, api) = start(dir.path(), fx.addr).await;
+    let hp = api.base.trim_start_matches("http://").to_string();
+    let (host, port) = hp.rsplit_once(':').unwrap();
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/toxiproxy_client.py");
+    let out = tokio::time::timeout(
+        Duration::from_secs(120),
+        tokio::process::Command::new(py)
+            .arg(script)
+            .args([host, port, &fx.addr.to_string()])
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("client hung")
+    .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "client failed:\n{text}");
+    assert!(text.starts_with("ok"), "{text}");
+}
