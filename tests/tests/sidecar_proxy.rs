@@ -425,6 +425,58 @@ async fn a_killed_node_opens_its_circuit_calls_fail_fast_and_it_closes_on_return
     assert!(circuits.to_string().contains("closed"), "{circuits}");
 }
 
+/// L4 listeners share the per-upstream circuit breaker: connects to a dead upstream trip it, and
+/// while it is open new client connections are closed at once, even if the upstream came back.
+#[tokio::test(flavor = "multi_thread")]
+async fn tcp_listeners_open_a_circuit_on_connect_failures() {
+    let dead = free_addr();
+    let dir = tempfile::tempdir().unwrap();
+    let listen = free_addr();
+    let body = format!(
+        "[[listener]]\nname = \"nbd\"\nprotocol = \"tcp\"\nlisten = \"{listen}\"\nupstream = \"{dead}\"\n\n\
+         [policy.breaker]\nconsecutive_failures = 2\nopen_base = \"30s\"\nopen_max = \"30s\"\n"
+    );
+    let s = SidecarProc::start(dir.path(), "sc", &body);
+    s.wait_ready().await;
+    let closed = |addr| {
+        let mut c = std::net::TcpStream::connect(addr).unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut b = Vec::new();
+        // The sidecar closes a client it cannot serve: EOF (or a reset), never data.
+        let n = c.read_to_end(&mut b).unwrap_or(0);
+        n == 0
+    };
+    assert!(closed(listen));
+    assert!(closed(listen));
+    let circuits: serde_json::Value =
+        wait_for("the circuit to open", Duration::from_secs(5), || async {
+            let v: serde_json::Value = http()
+                .get(s.admin_url("/circuits"))
+                .send()
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            (v[0]["state"] == "open").then_some(v)
+        })
+        .await;
+    assert_eq!(circuits[0]["upstream"], dead.to_string(), "{circuits}");
+    // The upstream comes back, but the circuit is open: turned away without a connect.
+    let up = tokio::net::TcpListener::bind(dead).await.unwrap();
+    assert!(closed(listen));
+    let m = metrics(&s).await;
+    assert!(
+        m.contains("bulwark_proxy_errors_total{listener=\"nbd\",kind=\"circuit_open\"} 1"),
+        "{m}"
+    );
+    let accepted = tokio::time::timeout(Duration::from_millis(200), up.accept()).await;
+    assert!(
+        accepted.is_err(),
+        "an open circuit must not connect upstream"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn tcp_listeners_proxy_bytes_and_count_them() {
     let echo = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

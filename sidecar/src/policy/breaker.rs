@@ -630,6 +630,46 @@ impl Ticket {
     }
 }
 
+/// The breaker for L4 (TCP) listeners: one admission per connection, judged by whether the
+/// upstream connect succeeded (a refused or timed-out connect is a local-origin failure).
+pub struct ConnTicket(Ticket);
+
+impl BreakerRegistry {
+    /// Admits a new connection to `upstream`, or refuses it at once while its circuit is open
+    /// (exactly one probe connection in half-open, as for requests).
+    pub fn admit_connection(
+        &self,
+        upstream: &Arc<str>,
+        cfg: &BreakerConfig,
+        metrics: &BreakerMetrics,
+    ) -> Result<ConnTicket, ProxyError> {
+        self.admit(upstream, cfg, metrics).map(ConnTicket)
+    }
+}
+
+impl ConnTicket {
+    pub fn connected(self) {
+        self.finish(Outcome::Success, None);
+    }
+
+    pub fn failed(self, error: String) {
+        self.finish(Outcome::LocalOrigin, Some(error));
+    }
+
+    fn finish(mut self, outcome: Outcome, error: Option<String>) {
+        let t = &mut self.0;
+        t.done = true;
+        t.metrics
+            .outcomes
+            .get_or_create(&OutcomeLabels {
+                upstream: t.upstream.clone(),
+                outcome: outcome.as_str(),
+            })
+            .inc();
+        t.registry.complete(t, outcome, error);
+    }
+}
+
 impl Drop for Ticket {
     fn drop(&mut self) {
         if !self.done && self.probe {

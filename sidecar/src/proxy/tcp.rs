@@ -33,17 +33,44 @@ pub async fn serve(
         let Some(l) = cfg.listeners.iter().find(|l| l.name == name).cloned() else {
             continue;
         };
+        let breaker = cfg.policy_for(&l).breaker.clone();
         let shared = shared.clone();
         let name = name.clone();
         let mut shutdown = shutdown.clone();
         tokio::spawn(async move {
             let guard = shared.conns.enter();
             let upstream = l.upstream.unwrap_or_default();
+            // The same per-upstream circuit as HTTP: while it is open, clients are turned away at
+            // once instead of each waiting out a connect timeout.
+            let key: std::sync::Arc<str> = std::sync::Arc::from(upstream.as_str());
+            let ticket = match shared.breakers.admit_connection(
+                &key,
+                &breaker,
+                &shared.breaker_metrics,
+            ) {
+                Ok(t) => t,
+                Err(e) => {
+                    tracing::debug!(listener = %name, %remote, %upstream, error = %e, "circuit open; closing the client connection");
+                    shared
+                        .metrics
+                        .errors
+                        .get_or_create(&ErrorLabels {
+                            listener: name,
+                            kind: "circuit_open".into(),
+                        })
+                        .inc();
+                    return;
+                }
+            };
             let up = match tokio::time::timeout(l.connect_timeout, TcpStream::connect(&upstream))
                 .await
             {
-                Ok(Ok(s)) => s,
+                Ok(Ok(s)) => {
+                    ticket.connected();
+                    s
+                }
                 Ok(Err(e)) => {
+                    ticket.failed(format!("connect: {e}"));
                     tracing::warn!(listener = %name, %remote, %upstream, error = %e, "upstream connect failed; closing the client connection");
                     shared
                         .metrics
@@ -56,6 +83,7 @@ pub async fn serve(
                     return;
                 }
                 Err(_) => {
+                    ticket.failed("connect timed out".into());
                     tracing::warn!(listener = %name, %remote, %upstream, "upstream connect timed out; closing the client connection");
                     shared
                         .metrics
