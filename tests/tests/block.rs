@@ -46,6 +46,28 @@ fn cli_at(api: SocketAddr, args: &[&str]) -> (i32, String) {
     )
 }
 
+/// `PUT /block/v1/images/{spec}/data?offset=` through the node's HTTP API.
+async fn put_data(api: SocketAddr, spec: &str, offset: u64, data: Vec<u8>) -> reqwest::Response {
+    http()
+        .put(format!(
+            "http://{api}/block/v1/images/{spec}/data?offset={offset}"
+        ))
+        .body(data)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// `GET /block/v1/images/{spec}/data` with `Range: bytes={range}`.
+async fn get_range(api: SocketAddr, spec: &str, range: &str) -> reqwest::Response {
+    http()
+        .get(format!("http://{api}/block/v1/images/{spec}/data"))
+        .header("Range", format!("bytes={range}"))
+        .send()
+        .await
+        .unwrap()
+}
+
 async fn health(api: SocketAddr) -> Option<Value> {
     http()
         .get(format!("http://{api}/block/v1/health"))
@@ -228,15 +250,7 @@ async fn nbd_through_sidecars_survives_node_loss_and_recovers() {
         out.contains("Input/output error"),
         "NBD error should be EIO: {out}"
     );
-    let resp = http()
-        .put(format!(
-            "http://{}/block/v1/images/rbd/vm/data?offset=0",
-            hosts[0].rpc
-        ))
-        .body(vec![1u8; 4096])
-        .send()
-        .await
-        .unwrap();
+    let resp = put_data(hosts[0].rpc, "rbd/vm", 0, vec![1u8; 4096]).await;
     assert_eq!(resp.status(), 503);
     assert!(resp.headers().contains_key("retry-after"));
     let body: Value = resp.json().await.unwrap();
@@ -265,14 +279,7 @@ async fn corrupt_replica_is_never_served_and_scrub_repairs_it() {
         0
     );
     let data = test_bytes(256 * 1024, 7);
-    let put = http()
-        .put(format!(
-            "http://{api}/block/v1/images/rbd/img/data?offset=0"
-        ))
-        .body(data.clone())
-        .send()
-        .await
-        .unwrap();
+    let put = put_data(api, "rbd/img", 0, data.clone()).await;
     assert_eq!(put.status(), 204, "{}", put.text().await.unwrap());
     let info: Value = http()
         .get(format!("http://{api}/block/v1/images/rbd/img"))
@@ -312,15 +319,7 @@ async fn corrupt_replica_is_never_served_and_scrub_repairs_it() {
 
     // Corrupt again and read through the node that holds the bad copy.
     corrupt(&file);
-    let got = http()
-        .get(format!(
-            "http://{}/block/v1/images/rbd/img/data",
-            c.nodes[1].rpc
-        ))
-        .header("Range", format!("bytes=0-{}", data.len() - 1))
-        .send()
-        .await
-        .unwrap();
+    let got = get_range(c.nodes[1].rpc, "rbd/img", &format!("0-{}", data.len() - 1)).await;
     assert_eq!(got.status(), 206);
     assert_eq!(&got.bytes().await.unwrap()[..], &data[..]);
     wait_for("read repair", Duration::from_secs(10), || {
@@ -372,21 +371,9 @@ async fn block_bad_input_gets_clear_errors() {
     assert!(out.contains("image"), "{out}");
 
     // HTTP: out of range.
-    let r = http()
-        .get(format!("http://{api}/block/v1/images/p/x/data"))
-        .header("Range", "bytes=2000000-2000010")
-        .send()
-        .await
-        .unwrap();
+    let r = get_range(api, "p/x", "2000000-2000010").await;
     assert_eq!(r.status(), 416);
-    let r = http()
-        .put(format!(
-            "http://{api}/block/v1/images/p/x/data?offset=1048000"
-        ))
-        .body(vec![0u8; 4096])
-        .send()
-        .await
-        .unwrap();
+    let r = put_data(api, "p/x", 1048000, vec![0u8; 4096]).await;
     assert_eq!(r.status(), 416);
     let r = http()
         .get(format!("http://{api}/block/v1/images/p/nosuch"))
@@ -460,14 +447,7 @@ async fn node_marked_out_gets_its_objects_re_replicated() {
         0
     );
     let data = test_bytes(8 * 1024 * 1024, 11);
-    let put = http()
-        .put(format!(
-            "http://{api}/block/v1/images/rbd/img/data?offset=0"
-        ))
-        .body(data.clone())
-        .send()
-        .await
-        .unwrap();
+    let put = put_data(api, "rbd/img", 0, data.clone()).await;
     assert_eq!(put.status(), 204, "{}", put.text().await.unwrap());
     wait_health(api, "HEALTH_OK", Duration::from_secs(20)).await;
 
@@ -490,29 +470,13 @@ async fn node_marked_out_gets_its_objects_re_replicated() {
             .contains("out"),
         "{h}"
     );
-    let got = http()
-        .get(format!(
-            "http://{}/block/v1/images/rbd/img/data",
-            c.nodes[1].rpc
-        ))
-        .header("Range", format!("bytes=0-{}", data.len() - 1))
-        .send()
-        .await
-        .unwrap();
+    let got = get_range(c.nodes[1].rpc, "rbd/img", &format!("0-{}", data.len() - 1)).await;
     assert_eq!(got.status(), 206);
     assert!(got.bytes().await.unwrap()[..] == data[..]);
 
     c.nodes[3].start();
     c.nodes[3].wait_ready().await;
     wait_health(api, "HEALTH_OK", Duration::from_secs(60)).await;
-    let got = http()
-        .get(format!(
-            "http://{}/block/v1/images/rbd/img/data",
-            c.nodes[3].rpc
-        ))
-        .header("Range", format!("bytes=0-{}", data.len() - 1))
-        .send()
-        .await
-        .unwrap();
+    let got = get_range(c.nodes[3].rpc, "rbd/img", &format!("0-{}", data.len() - 1)).await;
     assert!(got.bytes().await.unwrap()[..] == data[..]);
 }
