@@ -154,6 +154,23 @@ async fn route(shared: &Shared, req: http::Request<Incoming>) -> Response {
                 Err(e) => fault_error(e),
             }
         }
+        (m, p) if p == "/qod" || p.starts_with("/qod/") => {
+            let (m, p) = (m.clone(), p.to_string());
+            let q = req.uri().query().map(str::to_string);
+            let body = match http_body_util::BodyExt::collect(req.into_body()).await {
+                Ok(b) => b.to_bytes(),
+                Err(e) => return text(StatusCode::BAD_REQUEST, format!("cannot read body: {e}\n")),
+            };
+            match crate::policy::qod::admin::handle(&shared.qod, &m, &p, q.as_deref(), &body) {
+                Some((status, _)) if status == StatusCode::NO_CONTENT => text(status, ""),
+                Some((status, v)) => {
+                    let mut r = json(&v);
+                    *r.status_mut() = status;
+                    r
+                }
+                None => text(StatusCode::NOT_FOUND, "unknown admin path\n"),
+            }
+        }
         (Method::POST, "/reload") => match shared.reload_from_file() {
             Ok(()) => text(StatusCode::OK, "reloaded\n"),
             Err(e) => text(StatusCode::BAD_REQUEST, format!("reload rejected: {e}\n")),
@@ -165,7 +182,7 @@ async fn route(shared: &Shared, req: http::Request<Incoming>) -> Response {
         ) => text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
         _ => text(
             StatusCode::NOT_FOUND,
-            "unknown admin path; try /metrics /ready /live /config /circuits /stats /log-level /reload /faults\n",
+            "unknown admin path; try /metrics /ready /live /config /circuits /stats /log-level /reload /faults /qod\n",
         ),
     }
 }

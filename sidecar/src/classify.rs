@@ -63,3 +63,7 @@ impl std::fmt::Display for ClientId {
         }
     }
 }
+
+/// The route (class rule name) a request matched, for policies that key on it.
+#[derive(Clone, Debug)]
+pub struct RouteName(pub std::sync::Arc<str>);

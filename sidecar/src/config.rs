@@ -41,6 +41,8 @@ pub struct Config {
     pub drain_timeout: Duration,
     /// The Toxiproxy-compatible fault API (TCP toxics); off unless `listen` is set.
     pub toxiproxy: ToxiproxyConfig,
+    /// Canary probing against queries of death (listeners name their `canaries`).
+    pub qod: crate::policy::qod::QodConfig,
 }
 
 /// `[toxiproxy]`: a Toxiproxy-compatible API (same paths, shapes and status codes) whose proxies
@@ -165,6 +167,10 @@ pub struct ListenerConfig {
     /// Largest accepted request head (HTTP/1 buffer, HTTP/2 header list), bytes.
     #[serde(default = "default_max_header_bytes")]
     pub max_header_bytes: usize,
+    /// Inbound HTTP: canary upstreams (`HOST:PORT`, same API as `upstream`) that new request
+    /// shapes are probed on first when `[qod] enabled`; the first is tried first.
+    #[serde(default)]
+    pub canaries: Vec<String>,
 }
 
 fn default_protocol() -> Protocol {
@@ -287,8 +293,20 @@ impl Config {
             if let Some(p) = &l.policy {
                 p.validate().map_err(at)?;
             }
+            for c in &l.canaries {
+                check_host_port(c).map_err(|e| at(format!("canary {c:?}: {e}")))?;
+                if l.direction != Direction::Inbound || l.protocol != Protocol::Http {
+                    return Err(at("canaries are for inbound HTTP listeners".into()));
+                }
+                if l.upstream.as_deref() == Some(c.as_str()) {
+                    return Err(at(format!(
+                        "canary {c:?} is this listener's own upstream: a canary must be another process"
+                    )));
+                }
+            }
         }
         self.policy.validate()?;
+        self.qod.validate().map_err(|e| format!("qod: {e}"))?;
         for r in &self.class_rules {
             if r.path_prefix.is_none() && r.header.is_none() {
                 return Err(format!(
@@ -359,6 +377,9 @@ impl Config {
         let mut c = self.clone();
         if c.admin.token.is_some() {
             c.admin.token = Some("<redacted>".into());
+        }
+        if c.qod.peer_token.is_some() {
+            c.qod.peer_token = Some("<redacted>".into());
         }
         c
     }

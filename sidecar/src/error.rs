@@ -47,6 +47,20 @@ pub enum ProxyError {
     BadRequest(String),
     #[error("no route for {0}")]
     NoRoute(String),
+    /// The request's shape crashed or hung canaries: refused, and not worth retrying as is.
+    #[error("refused: this request's shape is blacklisted as a query of death (id {id}, for {expires_in:?} more): {reason}")]
+    QueryOfDeath {
+        id: String,
+        expires_in: Duration,
+        reason: String,
+    },
+    /// The canary failed on this (new) request shape; it was not sent to the node.
+    #[error("canary probe failed: {reason}")]
+    ProbeStrike { reason: String },
+    #[error("canary probe busy: {reason}")]
+    ProbeBusy { reason: String },
+    #[error("canary probe impossible: {reason}")]
+    ProbeUnavailable { reason: String },
 }
 
 impl ProxyError {
@@ -61,6 +75,10 @@ impl ProxyError {
             Self::Upstream { .. } => "upstream",
             Self::BadRequest(_) => "bad_request",
             Self::NoRoute(_) => "no_route",
+            Self::QueryOfDeath { .. } => "query_of_death",
+            Self::ProbeStrike { .. } => "probe_strike",
+            Self::ProbeBusy { .. } => "probe_busy",
+            Self::ProbeUnavailable { .. } => "probe_unavailable",
         }
     }
 
@@ -81,6 +99,12 @@ impl ProxyError {
             Self::Connect { .. } | Self::Upstream { .. } => StatusCode::BAD_GATEWAY,
             Self::BadRequest(_) => StatusCode::BAD_REQUEST,
             Self::NoRoute(_) => StatusCode::NOT_FOUND,
+            // 4xx on purpose: the request itself is the problem, and a 5xx invites retries.
+            Self::QueryOfDeath { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::ProbeStrike { .. } => StatusCode::BAD_GATEWAY,
+            Self::ProbeBusy { .. } | Self::ProbeUnavailable { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
         }
     }
 
@@ -99,13 +123,20 @@ impl ProxyError {
             Self::Throttled { retry_after, .. } | Self::CircuitOpen { retry_after, .. } => {
                 Some(*retry_after)
             }
-            Self::Shed { .. } => Some(Duration::from_secs(1)),
+            Self::Shed { .. } | Self::ProbeBusy { .. } | Self::ProbeUnavailable { .. } => {
+                Some(Duration::from_secs(1))
+            }
             _ => None,
         };
         if let Some(d) = retry_after {
             // Whole seconds, rounded up, at least 1 (RFC 9110 delay-seconds).
             let secs = d.as_millis().div_ceil(1000).max(1);
             h.insert(http::header::RETRY_AFTER, HeaderValue::from(secs as u64));
+        }
+        if let Self::QueryOfDeath { id, .. } = &self {
+            if let Ok(v) = HeaderValue::from_str(&format!("blocked; id={id}")) {
+                h.insert(crate::policy::qod::H_QOD, v);
+            }
         }
         if let Self::CircuitOpen { reason, .. } = &self {
             if let Ok(v) = HeaderValue::from_str(&format!("open; reason={reason}")) {

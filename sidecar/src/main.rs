@@ -69,7 +69,13 @@ fn run(path: PathBuf) -> i32 {
                 return 1;
             }
         };
-        let mut shared = sidecar::server::Shared::new(cfg, Some(path), Some(log));
+        let mut shared = match sidecar::server::Shared::new(cfg, Some(path), Some(log)) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("Error: {e}");
+                return 1;
+            }
+        };
         std::sync::Arc::get_mut(&mut shared)
             .expect("not shared yet")
             .tracing = telemetry.tracing_enabled();

@@ -69,6 +69,8 @@ pub struct Shared {
     pub shed_metrics: ShedMetrics,
     /// Injected HTTP faults (admin `/faults`), shared by every listener.
     pub faults: crate::policy::fault::FaultRegistry,
+    /// Query-of-death probing: known signatures, strikes, the blacklist.
+    pub qod: Arc<crate::policy::qod::QodState>,
     pub registry: Registry,
     pub conns: ConnCounter,
     pub draining: AtomicBool,
@@ -92,7 +94,13 @@ pub struct PolicyLayers {
 }
 
 impl Shared {
-    pub fn new(cfg: Config, config_path: Option<PathBuf>, log: Option<LogHandle>) -> Arc<Self> {
+    /// Fails when persisted state cannot be read (a corrupt blacklist file is not silently
+    /// forgotten).
+    pub fn new(
+        cfg: Config,
+        config_path: Option<PathBuf>,
+        log: Option<LogHandle>,
+    ) -> Result<Arc<Self>, String> {
         let metrics = ProxyMetrics::default();
         let breaker_metrics = BreakerMetrics::default();
         let retry_metrics = RetryMetrics::default();
@@ -106,7 +114,15 @@ impl Shared {
         shed_metrics.register(&mut registry);
         let fault_metrics = crate::policy::fault::FaultMetrics::default();
         fault_metrics.register(&mut registry);
-        Arc::new(Self {
+        let qod_metrics = crate::policy::qod::QodMetrics::default();
+        qod_metrics.register(&mut registry);
+        let qod = crate::policy::qod::QodState::open(
+            &cfg.qod,
+            cfg.admin.listen.to_string(),
+            qod_metrics,
+        )?;
+        Ok(Arc::new(Self {
+            qod,
             faults: crate::policy::fault::FaultRegistry::new(fault_metrics),
             config: ArcSwap::from_pointee(cfg),
             config_path,
@@ -123,7 +139,7 @@ impl Shared {
             tracing: false,
             runtimes: Mutex::new(HashMap::new()),
             layers: Mutex::new(HashMap::new()),
-        })
+        }))
     }
 
     /// The policy layers for a listener under `policy`, reusing the current ones where unchanged.
@@ -192,6 +208,11 @@ impl Shared {
         if shape(&old) != shape(&new) || old.admin.listen != new.admin.listen {
             return self.reload_failed("listeners (names, addresses, protocols) and admin.listen cannot change on reload; restart the sidecar".into());
         }
+        if old.qod.state_file != new.qod.state_file {
+            return self.reload_failed(
+                "qod.state_file cannot change on reload; restart the sidecar".into(),
+            );
+        }
         if old.toxiproxy != new.toxiproxy {
             return self
                 .reload_failed("[toxiproxy] cannot change on reload; restart the sidecar".into());
@@ -219,6 +240,7 @@ impl Shared {
                 slot.store(Arc::new(rt));
             }
         }
+        self.qod.reconfigure(&new.qod);
         self.config.store(new);
         self.metrics
             .config_reloads
@@ -338,6 +360,9 @@ pub async fn run(shared: Arc<Shared>, bound: Bound, mut stop: watch::Receiver<bo
         tracing::info!(listener = %name, "listening");
     }
     tokio::spawn(crate::admin::serve(bound.admin, shared.clone(), rx.clone()));
+    if cfg.qod.enabled {
+        shared.qod.pull_from_peers();
+    }
     if let Some(l) = bound.toxiproxy {
         tracing::info!(listen = ?l.local_addr().ok(), "toxiproxy-compatible fault API listening");
         tokio::spawn(crate::toxiproxy::serve(l, cfg.toxiproxy.seed, rx.clone()));

@@ -5,6 +5,7 @@
 
 pub mod breaker;
 pub mod fault;
+pub mod qod;
 pub mod retry;
 pub mod shed;
 pub mod throttle;

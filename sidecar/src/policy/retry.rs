@@ -487,13 +487,13 @@ fn deadline_error(sh: &Shared, upstream: &Arc<str>) -> ProxyError {
 }
 
 /// A request body kept for sending again.
-struct Replay {
-    data: Bytes,
+pub(crate) struct Replay {
+    pub(crate) data: Bytes,
     trailers: Option<HeaderMap>,
 }
 
 impl Replay {
-    fn body(&self) -> Body {
+    pub(crate) fn body(&self) -> Body {
         match &self.trailers {
             // `Full` keeps an exact size hint, so the upstream sees the same framing every time.
             None => crate::full(self.data.clone()),
@@ -505,13 +505,17 @@ impl Replay {
     }
 }
 
-enum Buffered {
+pub(crate) enum Buffered {
     Replay(Replay),
     /// Too big to keep: the body to send once (the collected prefix, then the rest of the stream).
     Once(Body),
 }
 
-async fn buffer(mut body: Body, cap: usize, declared: Option<u64>) -> Result<Buffered, BoxError> {
+pub(crate) async fn buffer(
+    mut body: Body,
+    cap: usize,
+    declared: Option<u64>,
+) -> Result<Buffered, BoxError> {
     if declared.is_some_and(|n| n > cap as u64) {
         return Ok(Buffered::Once(body));
     }

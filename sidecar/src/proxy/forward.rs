@@ -32,12 +32,18 @@ pub struct Forward {
 
 impl Forward {
     pub fn new(target: Target, connect_timeout: Duration) -> Self {
+        Self::with_pool(target, connect_timeout, 256)
+    }
+
+    /// `max_idle` 0: a fresh connection per request (canaries: a pooled connection to a canary
+    /// that crashed since would fail the next probe for the wrong reason).
+    pub fn with_pool(target: Target, connect_timeout: Duration, max_idle: usize) -> Self {
         let mut conn = HttpConnector::new();
         conn.set_connect_timeout(Some(connect_timeout));
         conn.set_nodelay(true);
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(30))
-            .pool_max_idle_per_host(256)
+            .pool_max_idle_per_host(max_idle)
             .timer(TokioTimer::new())
             .pool_timer(TokioTimer::new())
             .build(conn);

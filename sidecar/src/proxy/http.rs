@@ -9,6 +9,7 @@ use crate::classify::ClientId;
 use crate::config::{Config, Direction, ListenerConfig};
 use crate::metrics::{status_class, ErrorLabels, ListenerLabels, RequestLabels, RouteLabels};
 use crate::policy::breaker::{BreakerLayer, UpstreamName};
+use crate::policy::qod::{Canary, QodFilterLayer, QodProbeLayer};
 use crate::proxy::forward::{Forward, Target};
 use crate::server::Shared;
 use crate::{Request, Response};
@@ -54,11 +55,31 @@ impl ListenerRuntime {
         };
         let forward = Forward::new(target, listener.connect_timeout);
         let layers = shared.policy_layers(name, &policy);
+        let qod = (cfg.qod.enabled && !listener.canaries.is_empty())
+            .then(|| (shared.qod.clone(), Arc::new(cfg.qod.clone())));
+        let canaries = listener
+            .canaries
+            .iter()
+            .filter_map(|c| {
+                Some(Canary {
+                    addr: Arc::from(c.as_str()),
+                    forward: Forward::with_pool(
+                        Target::Fixed(c.parse().ok()?),
+                        listener.connect_timeout,
+                        0,
+                    ),
+                })
+            })
+            .collect();
         // Faults first: what they inject looks like a real failure to every policy behind them.
+        // Then known queries of death are refused before they cost anything; new request shapes
+        // are probed only after throttling and shedding had their say.
         let stack = ServiceBuilder::new()
             .layer(layers.fault)
+            .layer(QodFilterLayer::new(qod.clone()))
             .layer(layers.throttle)
             .layer(layers.shed)
+            .layer(QodProbeLayer::new(qod, name, canaries))
             .layer(BreakerLayer::new(
                 policy.breaker.clone(),
                 shared.breakers.clone(),
@@ -178,7 +199,7 @@ async fn handle_inner(
     let (class, route) = rt
         .cfg
         .classify(&rt.listener, req.uri().path(), req.headers());
-    let route = route.to_string();
+    let route: Arc<str> = Arc::from(route);
     let mut req: Request = req.map(|b| b.map_err(crate::box_err).boxed());
     let client = ClientId::from_request(&req, remote.ip());
     let upstream = match rt.forward.upstream_of(&req) {
@@ -210,6 +231,7 @@ async fn handle_inner(
     ext.insert(client);
     ext.insert(remote);
     ext.insert(UpstreamName(Arc::from(upstream.as_str())));
+    ext.insert(crate::classify::RouteName(route.clone()));
     // Not `oneshot`: a held `Oneshot<S, _>` names `S::Future` through the trait, which trips
     // rustc's higher-ranked Send inference in spawned tasks; the boxed future is concrete.
     let mut svc = rt.stack.clone();
