@@ -74,6 +74,11 @@ async fn route(shared: &Shared, req: http::Request<Incoming>) -> Response {
         (Method::GET, "/ready") => {
             if shared.draining.load(Ordering::SeqCst) {
                 text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+            } else if let Some((phase, _)) = shared.outages.local_phase() {
+                text(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    format!("planned outage: {phase:?}\n").to_lowercase(),
+                )
             } else {
                 text(StatusCode::OK, "ready\n")
             }
@@ -171,6 +176,66 @@ async fn route(shared: &Shared, req: http::Request<Incoming>) -> Response {
                 None => text(StatusCode::NOT_FOUND, "unknown admin path\n"),
             }
         }
+        (Method::GET, "/outages") => json(&shared.outages.list()),
+        (Method::POST, "/outages") | (Method::POST, "/outages/announce") => {
+            let announce = req.uri().path() == "/outages/announce";
+            let body = match http_body_util::BodyExt::collect(req.into_body()).await {
+                Ok(b) => b.to_bytes(),
+                Err(e) => return text(StatusCode::BAD_REQUEST, format!("cannot read body: {e}\n")),
+            };
+            if announce {
+                return match serde_json::from_slice::<crate::policy::outage::Outage>(&body) {
+                    Ok(o) => {
+                        shared.outages.receive(o);
+                        text(StatusCode::OK, "ok\n")
+                    }
+                    Err(e) => text(StatusCode::BAD_REQUEST, format!("bad announcement: {e}\n")),
+                };
+            }
+            let r: crate::policy::outage::OutageRequest = match serde_json::from_slice(&body) {
+                Ok(r) => r,
+                Err(e) => return text(StatusCode::BAD_REQUEST, format!("bad outage: {e}\n")),
+            };
+            let upstreams = cfg
+                .listeners
+                .iter()
+                .filter(|l| l.direction == crate::config::Direction::Inbound)
+                .map(|l| l.listen.to_string())
+                .collect();
+            match shared.outages.create(
+                r,
+                &cfg.admin.listen.to_string(),
+                upstreams,
+                &cfg.mesh.peers,
+                cfg.mesh.token.as_deref(),
+            ) {
+                Ok(o) => {
+                    let now = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_millis() as u64)
+                        .unwrap_or(0);
+                    let mut r = json(&crate::policy::outage::Listed {
+                        status: o.status(now),
+                        outage: o,
+                        scope: "local",
+                    });
+                    *r.status_mut() = StatusCode::CREATED;
+                    r
+                }
+                Err(e) => text(StatusCode::BAD_REQUEST, format!("{e}\n")),
+            }
+        }
+        (Method::DELETE, p) if p.starts_with("/outages/") => {
+            let id = &p["/outages/".len()..];
+            if shared
+                .outages
+                .cancel(id, &cfg.mesh.peers, cfg.mesh.token.as_deref())
+            {
+                text(StatusCode::NO_CONTENT, "")
+            } else {
+                text(StatusCode::NOT_FOUND, format!("no local outage {id:?}\n"))
+            }
+        }
         (Method::POST, "/reload") => match shared.reload_from_file() {
             Ok(()) => text(StatusCode::OK, "reloaded\n"),
             Err(e) => text(StatusCode::BAD_REQUEST, format!("reload rejected: {e}\n")),
@@ -178,11 +243,11 @@ async fn route(shared: &Shared, req: http::Request<Incoming>) -> Response {
         (
             _,
             "/live" | "/ready" | "/metrics" | "/config" | "/circuits" | "/stats" | "/log-level" | "/reload"
-            | "/faults",
+            | "/faults" | "/outages",
         ) => text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
         _ => text(
             StatusCode::NOT_FOUND,
-            "unknown admin path; try /metrics /ready /live /config /circuits /stats /log-level /reload /faults /qod\n",
+            "unknown admin path; try /metrics /ready /live /config /circuits /stats /log-level /reload /faults /qod /outages\n",
         ),
     }
 }

@@ -43,6 +43,19 @@ pub struct Config {
     pub toxiproxy: ToxiproxyConfig,
     /// Canary probing against queries of death (listeners name their `canaries`).
     pub qod: crate::policy::qod::QodConfig,
+    /// Graceful degradation (listeners name their `failover` peers).
+    pub degrade: crate::policy::degrade::DegradeConfig,
+    /// The peer sidecars' admin APIs: blacklist sharing and planned-outage announcements.
+    pub mesh: MeshConfig,
+}
+
+/// `[mesh]`: the other sidecars of the cluster, as their admin addresses.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MeshConfig {
+    pub peers: Vec<String>,
+    /// Bearer token for the peers' admin APIs, when they need one.
+    pub token: Option<String>,
 }
 
 /// `[toxiproxy]`: a Toxiproxy-compatible API (same paths, shapes and status codes) whose proxies
@@ -167,6 +180,10 @@ pub struct ListenerConfig {
     /// Largest accepted request head (HTTP/1 buffer, HTTP/2 header list), bytes.
     #[serde(default = "default_max_header_bytes")]
     pub max_header_bytes: usize,
+    /// Inbound HTTP: peer sidecars' matching public addresses that reads fail over to when the
+    /// local node cannot answer (see `policy::degrade`).
+    #[serde(default)]
+    pub failover: Vec<String>,
     /// Inbound HTTP: canary upstreams (`HOST:PORT`, same API as `upstream`) that new request
     /// shapes are probed on first when `[qod] enabled`; the first is tried first.
     #[serde(default)]
@@ -293,6 +310,15 @@ impl Config {
             if let Some(p) = &l.policy {
                 p.validate().map_err(at)?;
             }
+            for f in &l.failover {
+                check_host_port(f).map_err(|e| at(format!("failover {f:?}: {e}")))?;
+                if l.direction != Direction::Inbound || l.protocol != Protocol::Http {
+                    return Err(at("failover is for inbound HTTP listeners".into()));
+                }
+                if *f == l.listen.to_string() {
+                    return Err(at(format!("failover {f:?} is this listener itself")));
+                }
+            }
             for c in &l.canaries {
                 check_host_port(c).map_err(|e| at(format!("canary {c:?}: {e}")))?;
                 if l.direction != Direction::Inbound || l.protocol != Protocol::Http {
@@ -307,6 +333,12 @@ impl Config {
         }
         self.policy.validate()?;
         self.qod.validate().map_err(|e| format!("qod: {e}"))?;
+        self.degrade
+            .validate()
+            .map_err(|e| format!("degrade: {e}"))?;
+        for p in &self.mesh.peers {
+            check_host_port(p).map_err(|e| format!("mesh.peers {p:?}: {e}"))?;
+        }
         for r in &self.class_rules {
             if r.path_prefix.is_none() && r.header.is_none() {
                 return Err(format!(
@@ -378,8 +410,8 @@ impl Config {
         if c.admin.token.is_some() {
             c.admin.token = Some("<redacted>".into());
         }
-        if c.qod.peer_token.is_some() {
-            c.qod.peer_token = Some("<redacted>".into());
+        if c.mesh.token.is_some() {
+            c.mesh.token = Some("<redacted>".into());
         }
         c
     }

@@ -61,6 +61,9 @@ pub enum ProxyError {
     ProbeBusy { reason: String },
     #[error("canary probe impossible: {reason}")]
     ProbeUnavailable { reason: String },
+    /// The node is down for a planned outage and this request cannot be served elsewhere.
+    #[error("node down for a planned outage; retry after {retry_after:?} or use another node")]
+    PlannedOutage { retry_after: Duration },
 }
 
 impl ProxyError {
@@ -79,6 +82,7 @@ impl ProxyError {
             Self::ProbeStrike { .. } => "probe_strike",
             Self::ProbeBusy { .. } => "probe_busy",
             Self::ProbeUnavailable { .. } => "probe_unavailable",
+            Self::PlannedOutage { .. } => "planned_outage",
         }
     }
 
@@ -102,7 +106,7 @@ impl ProxyError {
             // 4xx on purpose: the request itself is the problem, and a 5xx invites retries.
             Self::QueryOfDeath { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             Self::ProbeStrike { .. } => StatusCode::BAD_GATEWAY,
-            Self::ProbeBusy { .. } | Self::ProbeUnavailable { .. } => {
+            Self::ProbeBusy { .. } | Self::ProbeUnavailable { .. } | Self::PlannedOutage { .. } => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
         }
@@ -120,9 +124,9 @@ impl ProxyError {
         );
         h.insert(H_ERROR, HeaderValue::from_static(self.kind()));
         let retry_after = match &self {
-            Self::Throttled { retry_after, .. } | Self::CircuitOpen { retry_after, .. } => {
-                Some(*retry_after)
-            }
+            Self::Throttled { retry_after, .. }
+            | Self::CircuitOpen { retry_after, .. }
+            | Self::PlannedOutage { retry_after } => Some(*retry_after),
             Self::Shed { .. } | Self::ProbeBusy { .. } | Self::ProbeUnavailable { .. } => {
                 Some(Duration::from_secs(1))
             }

@@ -71,6 +71,9 @@ pub struct Shared {
     pub faults: crate::policy::fault::FaultRegistry,
     /// Query-of-death probing: known signatures, strikes, the blacklist.
     pub qod: Arc<crate::policy::qod::QodState>,
+    /// Planned outages, local and announced by peers.
+    pub outages: Arc<crate::policy::outage::OutageRegistry>,
+    pub degrade_metrics: crate::policy::degrade::DegradeMetrics,
     pub registry: Registry,
     pub conns: ConnCounter,
     pub draining: AtomicBool,
@@ -116,13 +119,18 @@ impl Shared {
         fault_metrics.register(&mut registry);
         let qod_metrics = crate::policy::qod::QodMetrics::default();
         qod_metrics.register(&mut registry);
+        let degrade_metrics = crate::policy::degrade::DegradeMetrics::default();
+        degrade_metrics.register(&mut registry);
         let qod = crate::policy::qod::QodState::open(
             &cfg.qod,
+            &cfg.mesh,
             cfg.admin.listen.to_string(),
             qod_metrics,
         )?;
         Ok(Arc::new(Self {
             qod,
+            outages: Arc::default(),
+            degrade_metrics,
             faults: crate::policy::fault::FaultRegistry::new(fault_metrics),
             config: ArcSwap::from_pointee(cfg),
             config_path,
@@ -240,7 +248,7 @@ impl Shared {
                 slot.store(Arc::new(rt));
             }
         }
-        self.qod.reconfigure(&new.qod);
+        self.qod.reconfigure(&new.qod, &new.mesh);
         self.config.store(new);
         self.metrics
             .config_reloads

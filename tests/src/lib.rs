@@ -399,7 +399,10 @@ pub struct SidecarProc {
 impl SidecarProc {
     /// `body` is the config without `[admin]`, which the harness adds with a free port.
     pub fn start(dir: &Path, name: &str, body: &str) -> Self {
-        let admin = addr("127.0.0.1");
+        Self::start_with_admin(dir, name, body, addr("127.0.0.1"))
+    }
+
+    pub fn start_with_admin(dir: &Path, name: &str, body: &str, admin: SocketAddr) -> Self {
         let config = dir.join(format!("{name}.toml"));
         std::fs::write(&config, format!("[admin]\nlisten = \"{admin}\"\n\n{body}"))
             .expect("write config");
@@ -473,6 +476,16 @@ impl MeshHost {
 /// `n` hosts on loopback, like `deploy/local/cluster` but on free ports. `policy` is extra sidecar
 /// TOML (e.g. breaker settings).
 pub async fn start_mesh(dir: &Path, n: usize, policy: &str) -> Vec<MeshHost> {
+    start_mesh_with(dir, n, policy, false).await
+}
+
+/// Like [`start_mesh`], with graceful degradation wired as in `deploy/local`: each sidecar knows
+/// the others' admin APIs (`[mesh] peers`) and fails reads over to the other hosts' RPC ports.
+pub async fn start_mesh_degrading(dir: &Path, n: usize, policy: &str) -> Vec<MeshHost> {
+    start_mesh_with(dir, n, policy, true).await
+}
+
+async fn start_mesh_with(dir: &Path, n: usize, policy: &str, degrade: bool) -> Vec<MeshHost> {
     let key = Cluster::key_file(dir, "swarm.key");
     type Pubs = (SocketAddr, SocketAddr, SocketAddr, SocketAddr, SocketAddr);
     let pubs: Vec<Pubs> = (0..n)
@@ -487,6 +500,7 @@ pub async fn start_mesh(dir: &Path, n: usize, policy: &str) -> Vec<MeshHost> {
         })
         .collect();
     let peers: Vec<String> = pubs.iter().map(|p| format!("\"{}\"", p.2)).collect();
+    let admins: Vec<SocketAddr> = (0..n).map(|_| addr("127.0.0.1")).collect();
     let mut hosts = Vec::new();
     for (i, (rpc, cluster, peer, out, nbd)) in pubs.iter().enumerate() {
         let mut extra = vec![
@@ -499,8 +513,26 @@ pub async fn start_mesh(dir: &Path, n: usize, policy: &str) -> Vec<MeshHost> {
             extra.extend(["--bootstrap".to_string(), pubs[0].2.to_string()]);
         }
         let node = NodeProc::init(dir, &format!("node{}", i + 1), &key, &extra);
+        let others = |f: &dyn Fn(usize) -> String| {
+            (0..n)
+                .filter(|&j| j != i)
+                .map(|j| format!("\"{}\"", f(j)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let (failover, mesh) = if degrade {
+            (
+                format!("failover = [{}]\n", others(&|j| pubs[j].0.to_string())),
+                format!(
+                    "[mesh]\npeers = [{}]\n\n",
+                    others(&|j| admins[j].to_string())
+                ),
+            )
+        } else {
+            (String::new(), String::new())
+        };
         let cfg = format!(
-            "[[listener]]\nname = \"rpc\"\nlisten = \"{rpc}\"\nupstream = \"{}\"\n\n\
+            "{mesh}[[listener]]\nname = \"rpc\"\nlisten = \"{rpc}\"\nupstream = \"{}\"\n{failover}\n\
              [[listener]]\nname = \"cluster\"\nlisten = \"{cluster}\"\nupstream = \"{}\"\n\n\
              [[listener]]\nname = \"nbd\"\nlisten = \"{nbd}\"\nupstream = \"{}\"\nprotocol = \"tcp\"\n\n\
              [[listener]]\nname = \"peer-in\"\nlisten = \"{peer}\"\nupstream = \"{}\"\nclass = \"replication\"\n\n\
@@ -512,7 +544,8 @@ pub async fn start_mesh(dir: &Path, n: usize, policy: &str) -> Vec<MeshHost> {
             node.peer,
             peers.join(", ")
         );
-        let sidecar = SidecarProc::start(dir, &format!("sidecar{}", i + 1), &cfg);
+        let sidecar =
+            SidecarProc::start_with_admin(dir, &format!("sidecar{}", i + 1), &cfg, admins[i]);
         hosts.push(MeshHost {
             node,
             sidecar,

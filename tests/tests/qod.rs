@@ -65,12 +65,13 @@ fn sidecar_config(
     canaries: [SocketAddr; 2],
     state: &Path,
     extra: &str,
+    tail: &str,
 ) -> String {
     format!(
         "[qod]\nenabled = true\nstate_file = \"{}\"\ndefault_deadline = \"10s\"\n{extra}\n\n\
          [[listener]]\nname = \"api\"\nlisten = \"{listen}\"\nupstream = \"{node}\"\n\
          canaries = [\"{}\", \"{}\"]\n\n\
-         [[class_rule]]\nname = \"cat\"\npath_prefix = \"/api/v0/cat\"\nclass = \"client\"\n",
+         [[class_rule]]\nname = \"cat\"\npath_prefix = \"/api/v0/cat\"\nclass = \"client\"\n\n{tail}",
         state.display(),
         canaries[0],
         canaries[1]
@@ -129,6 +130,7 @@ async fn queries_of_death_are_probed_confirmed_blacklisted_shared_and_persisted(
             [c1.addr, c2.addr],
             &d.join("b-qod.json"),
             "",
+            "",
         ),
     );
     b.wait_ready().await;
@@ -140,10 +142,8 @@ async fn queries_of_death_are_probed_confirmed_blacklisted_shared_and_persisted(
             node_a.addr,
             [c1.addr, c2.addr],
             &d.join("a-qod.json"),
-            &format!(
-                "peers = [\"{}\"]\nwebhook = \"http://{}/ok\"",
-                b.admin, hook.addr
-            ),
+            &format!("webhook = \"http://{}/ok\"", hook.addr),
+            &format!("[mesh]\npeers = [\"{}\"]\n", b.admin),
         ),
     );
     a.wait_ready().await;
@@ -269,10 +269,8 @@ async fn queries_of_death_are_probed_confirmed_blacklisted_shared_and_persisted(
     // A peer that missed the push pulls the list when it starts.
     b.kill9();
     std::fs::remove_file(d.join("b-qod.json")).unwrap();
-    let cfg = std::fs::read_to_string(&b.config).unwrap().replace(
-        "default_deadline = \"10s\"",
-        &format!("default_deadline = \"10s\"\npeers = [\"{}\"]", a.admin),
-    );
+    let cfg = std::fs::read_to_string(&b.config).unwrap()
+        + &format!("\n[mesh]\npeers = [\"{}\"]\n", a.admin);
     std::fs::write(&b.config, cfg).unwrap();
     b.spawn();
     b.wait_ready().await;

@@ -4,7 +4,9 @@
 //! Every layer wraps a `Service<Request, Response = Response, Error = ProxyError>` and returns one.
 
 pub mod breaker;
+pub mod degrade;
 pub mod fault;
+pub mod outage;
 pub mod qod;
 pub mod retry;
 pub mod shed;

@@ -9,6 +9,8 @@ use crate::classify::ClientId;
 use crate::config::{Config, Direction, ListenerConfig};
 use crate::metrics::{status_class, ErrorLabels, ListenerLabels, RequestLabels, RouteLabels};
 use crate::policy::breaker::{BreakerLayer, UpstreamName};
+use crate::policy::degrade::{DegradeLayer, Peer};
+use crate::policy::outage::OutageGateLayer;
 use crate::policy::qod::{Canary, QodFilterLayer, QodProbeLayer};
 use crate::proxy::forward::{Forward, Target};
 use crate::server::Shared;
@@ -71,6 +73,16 @@ impl ListenerRuntime {
                 })
             })
             .collect();
+        let failover = listener
+            .failover
+            .iter()
+            .filter_map(|f| {
+                Some(Peer {
+                    addr: Arc::from(f.as_str()),
+                    forward: Forward::new(Target::Fixed(f.parse().ok()?), listener.connect_timeout),
+                })
+            })
+            .collect();
         // Faults first: what they inject looks like a real failure to every policy behind them.
         // Then known queries of death are refused before they cost anything; new request shapes
         // are probed only after throttling and shedding had their say.
@@ -80,6 +92,18 @@ impl ListenerRuntime {
             .layer(layers.throttle)
             .layer(layers.shed)
             .layer(QodProbeLayer::new(qod, name, canaries))
+            .layer(DegradeLayer::new(
+                (listener.direction == Direction::Inbound).then(|| {
+                    (
+                        cfg.degrade.clone(),
+                        shared.outages.clone(),
+                        failover,
+                        shared.degrade_metrics.clone(),
+                    )
+                }),
+                name,
+            ))
+            .layer(OutageGateLayer::new(shared.outages.clone()))
             .layer(BreakerLayer::new(
                 policy.breaker.clone(),
                 shared.breakers.clone(),

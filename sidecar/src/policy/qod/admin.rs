@@ -69,7 +69,7 @@ pub fn handle(
                 "mode": if cfg.mode == QodMode::DryRun { "dry_run" } else { "enforce" },
                 "blacklist_entries": st.blacklist.live_count(),
                 "known_signatures": st.known_count(),
-                "peers": cfg.peers,
+                "peers": st.peers(),
                 "node": st.node,
             }))
         }

@@ -23,7 +23,7 @@
 //! - Any answer proves the canary survived. Only answers below 500 mark the signature known; a 5xx
 //!   is passed on but the shape stays unknown (probed again next time).
 //! - The known set lives in memory only: after a restart (often a new backend version) every shape
-//!   is probed once again. The blacklist persists (`state_file`) and is shared with `peers`.
+//!   is probed once again. The blacklist persists (`state_file`) and is shared with the `[mesh]` peers.
 //! - While no canary is reachable, a request whose probe group (known key) struck a canary
 //!   recently is refused (503) even with `on_canary_unavailable = "forward"`: the canaries are
 //!   likely down because a sibling crashed them, and a near variant must not reach the node.
@@ -115,11 +115,6 @@ pub struct QodConfig {
     pub sample_bytes: usize,
     /// Where the blacklist is kept across restarts (JSON, written atomically).
     pub state_file: Option<PathBuf>,
-    /// Peer sidecars' admin addresses (`HOST:PORT`): new entries, edits and deletions are pushed
-    /// to them, and their lists are pulled at start.
-    pub peers: Vec<String>,
-    /// Bearer token for the peers' admin APIs, when they need one.
-    pub peer_token: Option<String>,
     /// `http://` URL that receives a JSON alert for every new local entry.
     pub webhook: Option<String>,
     pub on_canary_unavailable: OnUnavailable,
@@ -146,8 +141,6 @@ impl Default for QodConfig {
             max_entries: 10_000,
             sample_bytes: 4096,
             state_file: None,
-            peers: Vec::new(),
-            peer_token: None,
             webhook: None,
             on_canary_unavailable: OnUnavailable::Forward,
         }
@@ -179,12 +172,6 @@ impl QodConfig {
         }
         if self.classes.is_empty() {
             return Err("classes must name at least one traffic class".into());
-        }
-        for p in &self.peers {
-            p.parse::<http::uri::Authority>()
-                .ok()
-                .filter(|a| a.port_u16().is_some())
-                .ok_or_else(|| format!("peer {p:?}: expected HOST:PORT"))?;
         }
         if let Some(w) = &self.webhook {
             let u: http::Uri = w.parse().map_err(|e| format!("webhook {w:?}: {e}"))?;
@@ -365,6 +352,7 @@ pub struct QodState {
     /// This sidecar's name in entries it creates (its admin address).
     pub node: String,
     config: arc_swap::ArcSwap<QodConfig>,
+    mesh: arc_swap::ArcSwap<crate::config::MeshConfig>,
     http: hyper_util::client::legacy::Client<
         hyper_util::client::legacy::connect::HttpConnector,
         http_body_util::Full<Bytes>,
@@ -372,7 +360,12 @@ pub struct QodState {
 }
 
 impl QodState {
-    pub fn open(cfg: &QodConfig, node: String, metrics: QodMetrics) -> Result<Arc<Self>, String> {
+    pub fn open(
+        cfg: &QodConfig,
+        mesh: &crate::config::MeshConfig,
+        node: String,
+        metrics: QodMetrics,
+    ) -> Result<Arc<Self>, String> {
         let blacklist = Blacklist::open(cfg.state_file.as_deref(), cfg.max_entries)?;
         let mut conn = hyper_util::client::legacy::connect::HttpConnector::new();
         conn.set_connect_timeout(Some(Duration::from_secs(1)));
@@ -390,6 +383,7 @@ impl QodState {
             metrics,
             node,
             config: arc_swap::ArcSwap::from_pointee(cfg.clone()),
+            mesh: arc_swap::ArcSwap::from_pointee(mesh.clone()),
             http,
         });
         st.metrics.entries.set(st.blacklist.live_count() as i64);
@@ -397,8 +391,13 @@ impl QodState {
     }
 
     /// A reload's new settings (peers, webhook, TTLs) for the background work.
-    pub fn reconfigure(&self, cfg: &QodConfig) {
+    pub fn reconfigure(&self, cfg: &QodConfig, mesh: &crate::config::MeshConfig) {
         self.config.store(Arc::new(cfg.clone()));
+        self.mesh.store(Arc::new(mesh.clone()));
+    }
+
+    pub fn peers(&self) -> Vec<String> {
+        self.mesh.load().peers.clone()
     }
 
     pub fn config(&self) -> Arc<QodConfig> {
@@ -529,7 +528,7 @@ impl QodState {
 
     /// Pushes entries to every peer (bounded tries, in the background).
     fn share(self: &Arc<Self>, entries: Vec<Entry>) {
-        let cfg = self.config();
+        let cfg = self.mesh.load_full();
         if cfg.peers.is_empty() {
             return;
         }
@@ -537,7 +536,7 @@ impl QodState {
         for peer in cfg.peers.clone() {
             let st = self.clone();
             let body = body.clone();
-            let token = cfg.peer_token.clone();
+            let token = cfg.token.clone();
             tokio::spawn(async move {
                 let url = format!("http://{peer}/qod/blacklist/sync");
                 if !st.post(&url, token.as_deref(), body).await {
@@ -570,10 +569,10 @@ impl QodState {
 
     /// Pulls the peers' lists once (a sidecar that was down missed their pushes).
     pub fn pull_from_peers(self: &Arc<Self>) {
-        let cfg = self.config();
+        let cfg = self.mesh.load_full();
         for peer in cfg.peers.clone() {
             let st = self.clone();
-            let token = cfg.peer_token.clone();
+            let token = cfg.token.clone();
             tokio::spawn(async move {
                 let url = format!("http://{peer}/qod/blacklist?tombstones=1");
                 let mut b = http::Request::get(&url);

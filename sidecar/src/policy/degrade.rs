@@ -1,0 +1,286 @@
+//! Graceful degradation on the inbound edge: qualified answers instead of failures.
+//!
+//! Reads fail over to a peer sidecar (the listener's `failover` addresses, in order) when the local
+//! node cannot answer: it is down for a planned outage, refuses connections, times out, or its
+//! circuit is open. A failed-over answer carries `x-bulwark-degraded: failover; via=<addr>`, and the
+//! request carries `x-bulwark-failover` so the peer does not fail it over again.
+//!
+//! Writes are never failed over or acknowledged on anyone's behalf: during a planned outage they
+//! get `503` with `Retry-After` (the end of the window) and `x-bulwark-error: planned_outage`.
+//!
+//! "Read" means GET/HEAD, or a path under one of `read_routes` (Kubo's RPC sends reads as POST).
+//! Only requests whose body fits `max_replay_bytes` can be sent a second time.
+
+use crate::error::ProxyError;
+use crate::policy::outage::{OutageRegistry, Phase};
+use crate::policy::retry::{buffer, Buffered};
+use crate::proxy::forward::Forward;
+use crate::{Request, Response};
+use futures::future::BoxFuture;
+use http::HeaderValue;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+pub const H_DEGRADED: &str = "x-bulwark-degraded";
+pub const H_FAILOVER: &str = "x-bulwark-failover";
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct DegradeConfig {
+    /// Path prefixes that are reads whatever their method.
+    pub read_routes: Vec<String>,
+    pub max_replay_bytes: usize,
+}
+
+impl Default for DegradeConfig {
+    fn default() -> Self {
+        Self {
+            read_routes: [
+                "/api/v0/cat",
+                "/api/v0/block/get",
+                "/api/v0/block/stat",
+                "/api/v0/dag/get",
+                "/api/v0/ls",
+                "/api/v0/id",
+                "/api/v0/version",
+                "/ipfs/",
+            ]
+            .map(String::from)
+            .to_vec(),
+            max_replay_bytes: 64 * 1024,
+        }
+    }
+}
+
+impl DegradeConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.read_routes.iter().any(|r| !r.starts_with('/')) {
+            return Err("read_routes are path prefixes starting with '/'".into());
+        }
+        if self.max_replay_bytes > 16 << 20 {
+            return Err("max_replay_bytes must be <= 16 MiB".into());
+        }
+        Ok(())
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DegradedLabels {
+    pub listener: String,
+    /// `failover`, `planned_outage_refused`, `failover_failed`.
+    pub kind: &'static str,
+}
+
+#[derive(Clone, Default)]
+pub struct DegradeMetrics {
+    pub answers: Family<DegradedLabels, Counter>,
+}
+
+impl DegradeMetrics {
+    pub fn register(&self, r: &mut prometheus_client::registry::Registry) {
+        r.register(
+            "degraded_answers",
+            "Degraded answers (failed over to a peer sidecar, or refused during a planned outage)",
+            self.answers.clone(),
+        );
+    }
+}
+
+#[derive(Clone)]
+pub struct Peer {
+    pub addr: Arc<str>,
+    pub forward: Forward,
+}
+
+#[derive(Clone)]
+pub struct DegradeLayer {
+    on: Option<Arc<Inner>>,
+}
+
+struct Inner {
+    cfg: DegradeConfig,
+    outages: Arc<OutageRegistry>,
+    peers: Vec<Peer>,
+    metrics: DegradeMetrics,
+    listener: String,
+}
+
+impl DegradeLayer {
+    /// `None` (outbound listeners): the layer passes everything through.
+    pub fn new(
+        on: Option<(
+            DegradeConfig,
+            Arc<OutageRegistry>,
+            Vec<Peer>,
+            DegradeMetrics,
+        )>,
+        listener: &str,
+    ) -> Self {
+        Self {
+            on: on.map(|(cfg, outages, peers, metrics)| {
+                Arc::new(Inner {
+                    cfg,
+                    outages,
+                    peers,
+                    metrics,
+                    listener: listener.to_string(),
+                })
+            }),
+        }
+    }
+}
+
+impl<S> tower::Layer<S> for DegradeLayer {
+    type Service = Degrade<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        Degrade {
+            inner,
+            on: self.on.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Degrade<S> {
+    inner: S,
+    on: Option<Arc<Inner>>,
+}
+
+impl Inner {
+    fn is_read(&self, req: &Request) -> bool {
+        matches!(*req.method(), http::Method::GET | http::Method::HEAD)
+            || self
+                .cfg
+                .read_routes
+                .iter()
+                .any(|p| req.uri().path().starts_with(p.as_str()))
+    }
+
+    fn count(&self, kind: &'static str) {
+        self.metrics
+            .answers
+            .get_or_create(&DegradedLabels {
+                listener: self.listener.clone(),
+                kind,
+            })
+            .inc();
+    }
+}
+
+/// The local node could not answer: worth asking a peer.
+fn node_failed(r: &Result<Response, ProxyError>) -> bool {
+    match r {
+        Err(e) => e.is_local_origin() || matches!(e, ProxyError::CircuitOpen { .. }),
+        Ok(_) => false,
+    }
+}
+
+fn boxed_call<S>(inner: &mut S, req: Request) -> BoxFuture<'static, Result<Response, ProxyError>>
+where
+    S: tower::Service<Request, Response = Response, Error = ProxyError>,
+    S::Future: Send + 'static,
+{
+    Box::pin(inner.call(req))
+}
+
+impl<S> tower::Service<Request> for Degrade<S>
+where
+    S: tower::Service<Request, Response = Response, Error = ProxyError> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = ProxyError;
+    type Future = BoxFuture<'static, Result<Response, ProxyError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        let Some(on) = self.on.clone() else {
+            return Box::pin(self.inner.call(req));
+        };
+        let down = match on.outages.local_phase() {
+            Some((Phase::Down, until)) => Some(until),
+            _ => None,
+        };
+        let already_failed_over = req.headers().contains_key(H_FAILOVER);
+        let read = on.is_read(&req) && !on.peers.is_empty() && !already_failed_over;
+        if let Some(until) = down {
+            if !read {
+                on.count("planned_outage_refused");
+                let retry_after = Duration::from_millis(
+                    until.saturating_sub(crate::policy::qod::blacklist::now_ms()),
+                );
+                return Box::pin(async move { Err(ProxyError::PlannedOutage { retry_after }) });
+            }
+        } else if !read {
+            return Box::pin(self.inner.call(req));
+        }
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        Box::pin(async move {
+            let (parts, body) = req.into_parts();
+            let declared = http_body::Body::size_hint(&body).exact();
+            let replay = match buffer(body, on.cfg.max_replay_bytes, declared).await {
+                Ok(Buffered::Replay(r)) => r,
+                Ok(Buffered::Once(b)) => {
+                    // Too big to send twice: the node or nothing.
+                    return boxed_call(&mut inner, Request::from_parts(parts, b)).await;
+                }
+                Err(e) => {
+                    return Err(ProxyError::BadRequest(format!(
+                        "reading the request body: {e}"
+                    )))
+                }
+            };
+            let first = if down.is_some() {
+                None
+            } else {
+                let r = boxed_call(
+                    &mut inner,
+                    Request::from_parts(parts.clone(), replay.body()),
+                )
+                .await;
+                if !node_failed(&r) {
+                    return r;
+                }
+                Some(r)
+            };
+            let why = if down.is_some() {
+                "planned-outage"
+            } else {
+                "node-unavailable"
+            };
+            for p in &on.peers {
+                let mut req = Request::from_parts(parts.clone(), replay.body());
+                req.headers_mut()
+                    .insert(H_FAILOVER, HeaderValue::from_static("1"));
+                let mut fwd = p.forward.clone();
+                let fut = tower::Service::call(&mut fwd, req);
+                if let Ok(mut resp) = fut.await {
+                    on.count("failover");
+                    if let Ok(v) =
+                        HeaderValue::from_str(&format!("failover; reason={why}; via={}", p.addr))
+                    {
+                        resp.headers_mut().insert(H_DEGRADED, v);
+                    }
+                    tracing::info!(via = %p.addr, reason = why, path = %parts.uri.path(), "read failed over to a peer sidecar");
+                    return Ok(resp);
+                }
+            }
+            on.count("failover_failed");
+            match first {
+                Some(r) => r,
+                None => Err(ProxyError::PlannedOutage {
+                    retry_after: Duration::from_secs(1),
+                }),
+            }
+        })
+    }
+}
