@@ -74,6 +74,8 @@ pub struct Shared {
     /// Planned outages, local and announced by peers.
     pub outages: Arc<crate::policy::outage::OutageRegistry>,
     pub degrade_metrics: crate::policy::degrade::DegradeMetrics,
+    /// Verified content-addressed answers, for when the node cannot answer.
+    pub cid_cache: Option<Arc<crate::policy::cache::CidCache>>,
     pub registry: Registry,
     pub conns: ConnCounter,
     pub draining: AtomicBool,
@@ -130,6 +132,12 @@ impl Shared {
         Ok(Arc::new(Self {
             qod,
             outages: Arc::default(),
+            cid_cache: (cfg.degrade.cache_bytes > 0).then(|| {
+                Arc::new(crate::policy::cache::CidCache::new(
+                    cfg.degrade.cache_bytes,
+                    cfg.degrade.cache_item_bytes,
+                ))
+            }),
             degrade_metrics,
             faults: crate::policy::fault::FaultRegistry::new(fault_metrics),
             config: ArcSwap::from_pointee(cfg),

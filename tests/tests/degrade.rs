@@ -117,8 +117,11 @@ async fn planned_outage_is_invisible_to_readers_and_reads_fail_over_from_a_dead_
         );
         reads += 1;
         if let Some(d) = deg {
+            // From the verified CID cache (this content was read through host 1 before), or
+            // from a peer sidecar.
             assert!(
-                d.starts_with("failover; reason=planned-outage; via="),
+                d == "cache; reason=planned-outage; verified=sha2-256"
+                    || d.starts_with("failover; reason=planned-outage; via="),
                 "{d}"
             );
             degraded += 1;
@@ -198,11 +201,30 @@ async fn planned_outage_is_invisible_to_readers_and_reads_fail_over_from_a_dead_
     })
     .await;
 
-    // Unplanned: host 1's node dies. Reads through its sidecar keep succeeding, marked degraded.
+    // Unplanned: host 1's node dies. Reads through its sidecar keep succeeding, marked degraded:
+    // content read before comes from the verified cache, other content from a peer sidecar.
+    let data2 = test_bytes(2_000_000, 12);
+    let r = add(&hosts[1], &data2).await;
+    assert_eq!(r.status(), 200);
+    let cid2 = serde_json::from_str::<Value>(r.text().await.unwrap().lines().last().unwrap())
+        .unwrap()["Hash"]
+        .as_str()
+        .unwrap()
+        .to_string();
     hosts[0].node.kill9();
-    for _ in 0..5 {
+    for _ in 0..3 {
         let (status, deg, ok) = read(&hosts[0], &cid, &data).await;
         assert_eq!((status, ok), (200, true));
+        assert_eq!(
+            deg.as_deref(),
+            Some("cache; reason=node-unavailable; verified=sha2-256")
+        );
+        let (status, deg, ok) = read(&hosts[0], &cid2, &data2).await;
+        assert_eq!(
+            (status, ok),
+            (200, true),
+            "a 2 MB file (not cacheable) fails over"
+        );
         let d = deg.expect("a failed-over answer says so");
         assert!(
             d.starts_with("failover; reason=node-unavailable; via="),
@@ -217,7 +239,12 @@ async fn planned_outage_is_invisible_to_readers_and_reads_fail_over_from_a_dead_
         .text()
         .await
         .unwrap();
-    assert!(m.lines().any(
-        |l| l.starts_with("bulwark_degraded_answers_total") && l.contains("kind=\"failover\"")
-    ));
+    for kind in ["failover", "cache", "planned_outage_refused"] {
+        assert!(
+            m.lines()
+                .any(|l| l.starts_with("bulwark_degraded_answers_total")
+                    && l.contains(&format!("kind=\"{kind}\""))),
+            "no {kind} answers counted"
+        );
+    }
 }

@@ -12,6 +12,7 @@
 //! Only requests whose body fits `max_replay_bytes` can be sent a second time.
 
 use crate::error::ProxyError;
+use crate::policy::cache::{self, CidCache};
 use crate::policy::outage::{OutageRegistry, Phase};
 use crate::policy::retry::{buffer, Buffered};
 use crate::proxy::forward::Forward;
@@ -35,6 +36,10 @@ pub struct DegradeConfig {
     /// Path prefixes that are reads whatever their method.
     pub read_routes: Vec<String>,
     pub max_replay_bytes: usize,
+    /// Memory for verified content-addressed answers (0: no cache); see `policy::cache`.
+    pub cache_bytes: usize,
+    /// Largest answer kept.
+    pub cache_item_bytes: usize,
 }
 
 impl Default for DegradeConfig {
@@ -53,6 +58,8 @@ impl Default for DegradeConfig {
             .map(String::from)
             .to_vec(),
             max_replay_bytes: 64 * 1024,
+            cache_bytes: 64 << 20,
+            cache_item_bytes: 1 << 20,
         }
     }
 }
@@ -65,6 +72,9 @@ impl DegradeConfig {
         if self.max_replay_bytes > 16 << 20 {
             return Err("max_replay_bytes must be <= 16 MiB".into());
         }
+        if self.cache_item_bytes > self.cache_bytes.max(1) || self.cache_bytes > 16 << 30 {
+            return Err("need cache_item_bytes <= cache_bytes <= 16 GiB".into());
+        }
         Ok(())
     }
 }
@@ -72,7 +82,7 @@ impl DegradeConfig {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DegradedLabels {
     pub listener: String,
-    /// `failover`, `planned_outage_refused`, `failover_failed`.
+    /// `failover`, `cache`, `planned_outage_refused`, `failover_failed`.
     pub kind: &'static str,
 }
 
@@ -85,7 +95,7 @@ impl DegradeMetrics {
     pub fn register(&self, r: &mut prometheus_client::registry::Registry) {
         r.register(
             "degraded_answers",
-            "Degraded answers (failed over to a peer sidecar, or refused during a planned outage)",
+            "Degraded answers (from the verified CID cache, failed over to a peer sidecar, or refused during a planned outage)",
             self.answers.clone(),
         );
     }
@@ -104,6 +114,7 @@ pub struct DegradeLayer {
 
 struct Inner {
     cfg: DegradeConfig,
+    cache: Option<Arc<CidCache>>,
     outages: Arc<OutageRegistry>,
     peers: Vec<Peer>,
     metrics: DegradeMetrics,
@@ -119,12 +130,14 @@ impl DegradeLayer {
             Vec<Peer>,
             DegradeMetrics,
         )>,
+        cache: Option<Arc<CidCache>>,
         listener: &str,
     ) -> Self {
         Self {
             on: on.map(|(cfg, outages, peers, metrics)| {
                 Arc::new(Inner {
                     cfg,
+                    cache,
                     outages,
                     peers,
                     metrics,
@@ -172,11 +185,34 @@ impl Inner {
     }
 }
 
-/// The local node could not answer: worth asking a peer.
+/// A successful content-addressed answer streams on to the client; a copy is kept if it verifies.
+fn keep_copy(on: &Arc<Inner>, key: Option<cache::Key>, resp: Response) -> Response {
+    let (Some(key), Some(cache)) = (key, on.cache.clone()) else {
+        return resp;
+    };
+    if resp.status() != http::StatusCode::OK || cache.get(&key).is_some() {
+        return resp;
+    }
+    let (parts, body) = resp.into_parts();
+    let ct = parts.headers.get(http::header::CONTENT_TYPE).cloned();
+    let max = cache.max_item;
+    let tee = cache::Tee::new(
+        body,
+        max,
+        Box::new(move |bytes| {
+            if !cache.insert(key.clone(), bytes, ct) {
+                tracing::debug!(cid = %key.cid, "answer not cached (too big, or not verifiable in isolation)");
+            }
+        }),
+    );
+    Response::from_parts(parts, http_body_util::BodyExt::boxed(tee))
+}
+
+/// The local node could not answer (down, or overloaded): worth a qualified answer.
 fn node_failed(r: &Result<Response, ProxyError>) -> bool {
     match r {
         Err(e) => e.is_local_origin() || matches!(e, ProxyError::CircuitOpen { .. }),
-        Ok(_) => false,
+        Ok(resp) => resp.status() == http::StatusCode::SERVICE_UNAVAILABLE,
     }
 }
 
@@ -210,7 +246,7 @@ where
             _ => None,
         };
         let already_failed_over = req.headers().contains_key(H_FAILOVER);
-        let read = on.is_read(&req) && !on.peers.is_empty() && !already_failed_over;
+        let read = on.is_read(&req) && !already_failed_over;
         if let Some(until) = down {
             if !read {
                 on.count("planned_outage_refused");
@@ -219,9 +255,13 @@ where
                 );
                 return Box::pin(async move { Err(ProxyError::PlannedOutage { retry_after }) });
             }
-        } else if !read {
+        } else if !read || (on.peers.is_empty() && on.cache.is_none()) {
             return Box::pin(self.inner.call(req));
         }
+        let key = on
+            .cache
+            .as_ref()
+            .and_then(|_| cache::cacheable(req.method(), req.uri()));
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         Box::pin(async move {
@@ -248,7 +288,7 @@ where
                 )
                 .await;
                 if !node_failed(&r) {
-                    return r;
+                    return Ok(keep_copy(&on, key, r?));
                 }
                 Some(r)
             };
@@ -257,6 +297,20 @@ where
             } else {
                 "node-unavailable"
             };
+            if let Some((body, ct)) = key.as_ref().and_then(|k| on.cache.as_ref()?.get(k)) {
+                on.count("cache");
+                let mut resp = Response::new(crate::full(body));
+                if let Some(ct) = ct {
+                    resp.headers_mut().insert(http::header::CONTENT_TYPE, ct);
+                }
+                if let Ok(v) =
+                    HeaderValue::from_str(&format!("cache; reason={why}; verified=sha2-256"))
+                {
+                    resp.headers_mut().insert(H_DEGRADED, v);
+                }
+                tracing::info!(reason = why, path = %parts.uri.path(), "answered from the verified CID cache");
+                return Ok(resp);
+            }
             for p in &on.peers {
                 let mut req = Request::from_parts(parts.clone(), replay.body());
                 req.headers_mut()

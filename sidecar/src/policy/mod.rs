@@ -4,6 +4,7 @@
 //! Every layer wraps a `Service<Request, Response = Response, Error = ProxyError>` and returns one.
 
 pub mod breaker;
+pub mod cache;
 pub mod degrade;
 pub mod fault;
 pub mod outage;

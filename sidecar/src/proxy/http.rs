@@ -101,6 +101,7 @@ impl ListenerRuntime {
                         shared.degrade_metrics.clone(),
                     )
                 }),
+                shared.cid_cache.clone(),
                 name,
             ))
             .layer(OutageGateLayer::new(shared.outages.clone()))
