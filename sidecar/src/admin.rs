@@ -176,6 +176,20 @@ async fn route(shared: &Shared, req: http::Request<Incoming>) -> Response {
                 None => text(StatusCode::NOT_FOUND, "unknown admin path\n"),
             }
         }
+        (Method::GET, "/brownout") => text(StatusCode::OK, format!("{}\n", shared.brownout.mode())),
+        (Method::PUT, "/brownout") | (Method::POST, "/brownout") => {
+            let body = match http_body_util::BodyExt::collect(req.into_body()).await {
+                Ok(b) => b.to_bytes(),
+                Err(e) => return text(StatusCode::BAD_REQUEST, format!("cannot read body: {e}\n")),
+            };
+            match shared.brownout.set(&String::from_utf8_lossy(&body)) {
+                Ok(()) => {
+                    tracing::warn!(mode = shared.brownout.mode(), "brownout switched");
+                    text(StatusCode::OK, format!("{}\n", shared.brownout.mode()))
+                }
+                Err(e) => text(StatusCode::BAD_REQUEST, format!("{e}\n")),
+            }
+        }
         (Method::GET, "/outages") => json(&shared.outages.list()),
         (Method::POST, "/outages") | (Method::POST, "/outages/announce") => {
             let announce = req.uri().path() == "/outages/announce";
@@ -243,11 +257,11 @@ async fn route(shared: &Shared, req: http::Request<Incoming>) -> Response {
         (
             _,
             "/live" | "/ready" | "/metrics" | "/config" | "/circuits" | "/stats" | "/log-level" | "/reload"
-            | "/faults" | "/outages",
+            | "/faults" | "/outages" | "/brownout",
         ) => text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
         _ => text(
             StatusCode::NOT_FOUND,
-            "unknown admin path; try /metrics /ready /live /config /circuits /stats /log-level /reload /faults /qod /outages\n",
+            "unknown admin path; try /metrics /ready /live /config /circuits /stats /log-level /reload /faults /qod /outages /brownout\n",
         ),
     }
 }

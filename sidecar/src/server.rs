@@ -74,6 +74,8 @@ pub struct Shared {
     /// Planned outages, local and announced by peers.
     pub outages: Arc<crate::policy::outage::OutageRegistry>,
     pub degrade_metrics: crate::policy::degrade::DegradeMetrics,
+    /// The brownout switch (admin `/brownout`).
+    pub brownout: Arc<crate::policy::degrade::Brownout>,
     /// Verified content-addressed answers, for when the node cannot answer.
     pub cid_cache: Option<Arc<crate::policy::cache::CidCache>>,
     pub registry: Registry,
@@ -132,6 +134,7 @@ impl Shared {
         Ok(Arc::new(Self {
             qod,
             outages: Arc::default(),
+            brownout: Arc::default(),
             cid_cache: (cfg.degrade.cache_bytes > 0).then(|| {
                 Arc::new(crate::policy::cache::CidCache::new(
                     cfg.degrade.cache_bytes,

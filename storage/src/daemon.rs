@@ -70,13 +70,22 @@ pub async fn run(node: Arc<Node>) -> anyhow::Result<()> {
                 .await
         })
     };
+    let observe = |r: axum::Router| {
+        r.layer(axum::middleware::from_fn_with_state(
+            block.brownout.clone(),
+            crate::brownout::observe,
+        ))
+    };
     let tasks = vec![
         serve(
             rpc,
-            crate::api::block::router(block.clone()).merge(crate::api::rpc::router(node.clone())),
+            observe(
+                crate::api::block::router(block.clone())
+                    .merge(crate::api::rpc::router(node.clone())),
+            ),
         ),
-        serve(gw, crate::api::gateway::router(node.clone())),
-        serve(cl, crate::api::cluster::router(node.clone())),
+        serve(gw, observe(crate::api::gateway::router(node.clone()))),
+        serve(cl, observe(crate::api::cluster::router(node.clone()))),
         serve(
             peer,
             crate::peer::server::router(

@@ -201,6 +201,45 @@ async fn planned_outage_is_invisible_to_readers_and_reads_fail_over_from_a_dead_
     })
     .await;
 
+    // Brownout (switched on by hand here; by load otherwise): cluster-wide status becomes local
+    // status, said in a header, and the node's background recovery yields to client I/O.
+    let brownout = |mode: &'static str| {
+        http()
+            .put(hosts[0].sidecar.admin_url("/brownout"))
+            .body(mode)
+            .send()
+    };
+    assert_eq!(brownout("sometimes").await.unwrap().status(), 400);
+    assert_eq!(brownout("on").await.unwrap().status(), 200);
+    let pin_status = |h: &MeshHost| http().get(h.cluster_url(&format!("/pins/{cid}"))).send();
+    let r = pin_status(&hosts[0]).await.unwrap();
+    assert_eq!(
+        r.headers()["x-bulwark-degraded"],
+        "brownout; dropped=local-status-only"
+    );
+    let g: Value = r.json().await.unwrap();
+    assert_eq!(g["peer_map"].as_object().unwrap().len(), 1);
+    let status_url = format!("http://{}/block/v1/status", hosts[0].rpc);
+    wait_for(
+        "recovery yields to client I/O",
+        Duration::from_secs(10),
+        || {
+            let req = http().get(&status_url).send();
+            async move {
+                let s: Value = req.await.ok()?.json().await.ok()?;
+                (s["brownout"]["active"] == true
+                    && s["brownout"]["recovery_rounds_yielded"].as_u64()? >= 1)
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+    assert_eq!(brownout("off").await.unwrap().status(), 200);
+    let r = pin_status(&hosts[0]).await.unwrap();
+    assert!(!r.headers().contains_key("x-bulwark-degraded"));
+    let g: Value = r.json().await.unwrap();
+    assert_eq!(g["peer_map"].as_object().unwrap().len(), 3);
+
     // Unplanned: host 1's node dies. Reads through its sidecar keep succeeding, marked degraded:
     // content read before comes from the verified cache, other content from a peer sidecar.
     let data2 = test_bytes(2_000_000, 12);
@@ -239,7 +278,7 @@ async fn planned_outage_is_invisible_to_readers_and_reads_fail_over_from_a_dead_
         .text()
         .await
         .unwrap();
-    for kind in ["failover", "cache", "planned_outage_refused"] {
+    for kind in ["failover", "cache", "brownout", "planned_outage_refused"] {
         assert!(
             m.lines()
                 .any(|l| l.starts_with("bulwark_degraded_answers_total")

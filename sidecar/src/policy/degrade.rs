@@ -40,6 +40,27 @@ pub struct DegradeConfig {
     pub cache_bytes: usize,
     /// Largest answer kept.
     pub cache_item_bytes: usize,
+    /// Brownout starts when the listener's in-flight requests reach this share of
+    /// `shed.max_in_flight` (0: only when switched on over the admin API).
+    pub brownout_at: f64,
+    /// Optional work dropped under brownout, first match wins.
+    pub brownout_rules: Vec<BrownoutRule>,
+}
+
+/// A request whose answer gets cheaper under brownout: `add_query` is appended to its query.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct BrownoutRule {
+    #[serde(default = "get")]
+    pub method: String,
+    pub path_prefix: String,
+    pub add_query: String,
+    /// Said in the degraded answer's header, e.g. `local-status-only`.
+    pub name: String,
+}
+
+fn get() -> String {
+    "GET".into()
 }
 
 impl Default for DegradeConfig {
@@ -60,6 +81,13 @@ impl Default for DegradeConfig {
             max_replay_bytes: 64 * 1024,
             cache_bytes: 64 << 20,
             cache_item_bytes: 1 << 20,
+            brownout_at: 0.75,
+            brownout_rules: vec![BrownoutRule {
+                method: "GET".into(),
+                path_prefix: "/pins".into(),
+                add_query: "local=true".into(),
+                name: "local-status-only".into(),
+            }],
         }
     }
 }
@@ -75,6 +103,23 @@ impl DegradeConfig {
         if self.cache_item_bytes > self.cache_bytes.max(1) || self.cache_bytes > 16 << 30 {
             return Err("need cache_item_bytes <= cache_bytes <= 16 GiB".into());
         }
+        if !(0.0..=1.0).contains(&self.brownout_at) {
+            return Err("brownout_at must be within 0..=1".into());
+        }
+        for r in &self.brownout_rules {
+            r.method
+                .parse::<http::Method>()
+                .map_err(|_| format!("brownout rule {:?}: bad method", r.name))?;
+            if !r.path_prefix.starts_with('/') || r.add_query.is_empty() || r.name.is_empty() {
+                return Err(format!(
+                    "brownout rule {:?}: need a path_prefix starting with '/', add_query and name",
+                    r.name
+                ));
+            }
+            format!("/x?{}", r.add_query)
+                .parse::<http::Uri>()
+                .map_err(|e| format!("brownout rule {:?}: add_query: {e}", r.name))?;
+        }
         Ok(())
     }
 }
@@ -82,7 +127,7 @@ impl DegradeConfig {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DegradedLabels {
     pub listener: String,
-    /// `failover`, `cache`, `planned_outage_refused`, `failover_failed`.
+    /// `failover`, `cache`, `brownout`, `planned_outage_refused`, `failover_failed`.
     pub kind: &'static str,
 }
 
@@ -99,6 +144,54 @@ impl DegradeMetrics {
             self.answers.clone(),
         );
     }
+}
+
+/// The brownout switch: `auto` (by load), or forced `on` / `off` over the admin API.
+#[derive(Default)]
+pub struct Brownout {
+    /// 0 auto, 1 on, 2 off.
+    mode: std::sync::atomic::AtomicU8,
+}
+
+impl Brownout {
+    pub fn set(&self, mode: &str) -> Result<(), String> {
+        let m = match mode.trim() {
+            "auto" => 0,
+            "on" => 1,
+            "off" => 2,
+            other => return Err(format!("brownout mode {other:?}: use auto, on or off")),
+        };
+        self.mode.store(m, std::sync::atomic::Ordering::Relaxed);
+        Ok(())
+    }
+
+    pub fn mode(&self) -> &'static str {
+        match self.mode.load(std::sync::atomic::Ordering::Relaxed) {
+            1 => "on",
+            2 => "off",
+            _ => "auto",
+        }
+    }
+
+    fn active(&self, in_flight: usize, max: usize, at: f64) -> bool {
+        match self.mode.load(std::sync::atomic::Ordering::Relaxed) {
+            1 => true,
+            2 => false,
+            _ => at > 0.0 && in_flight as f64 >= at * max as f64,
+        }
+    }
+}
+
+/// What an inbound listener's degradation layer works with.
+pub struct DegradeDeps {
+    pub cfg: DegradeConfig,
+    pub outages: Arc<OutageRegistry>,
+    pub peers: Vec<Peer>,
+    pub metrics: DegradeMetrics,
+    pub cache: Option<Arc<CidCache>>,
+    pub brownout: Arc<Brownout>,
+    pub shed: crate::policy::shed::ShedHandle,
+    pub max_in_flight: usize,
 }
 
 #[derive(Clone)]
@@ -118,29 +211,26 @@ struct Inner {
     outages: Arc<OutageRegistry>,
     peers: Vec<Peer>,
     metrics: DegradeMetrics,
+    brownout: Arc<Brownout>,
+    shed: crate::policy::shed::ShedHandle,
+    max_in_flight: usize,
     listener: String,
 }
 
 impl DegradeLayer {
     /// `None` (outbound listeners): the layer passes everything through.
-    pub fn new(
-        on: Option<(
-            DegradeConfig,
-            Arc<OutageRegistry>,
-            Vec<Peer>,
-            DegradeMetrics,
-        )>,
-        cache: Option<Arc<CidCache>>,
-        listener: &str,
-    ) -> Self {
+    pub fn new(deps: Option<DegradeDeps>, listener: &str) -> Self {
         Self {
-            on: on.map(|(cfg, outages, peers, metrics)| {
+            on: deps.map(|d| {
                 Arc::new(Inner {
-                    cfg,
-                    cache,
-                    outages,
-                    peers,
-                    metrics,
+                    cfg: d.cfg,
+                    cache: d.cache,
+                    outages: d.outages,
+                    peers: d.peers,
+                    metrics: d.metrics,
+                    brownout: d.brownout,
+                    shed: d.shed,
+                    max_in_flight: d.max_in_flight,
                     listener: listener.to_string(),
                 })
             }),
@@ -237,10 +327,56 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request) -> Self::Future {
+    fn call(&mut self, mut req: Request) -> Self::Future {
         let Some(on) = self.on.clone() else {
             return Box::pin(self.inner.call(req));
         };
+        let mut browned = None;
+        if on
+            .brownout
+            .active(on.shed.in_flight(), on.max_in_flight, on.cfg.brownout_at)
+        {
+            // Tell the node too, so it can let background work (recovery) yield.
+            req.headers_mut()
+                .insert("x-bulwark-brownout", HeaderValue::from_static("1"));
+            if let Some(rule) = on.cfg.brownout_rules.iter().find(|r| {
+                req.method().as_str() == r.method && req.uri().path().starts_with(&r.path_prefix)
+            }) {
+                let pq = match req.uri().query() {
+                    Some(q) => format!("{}?{q}&{}", req.uri().path(), rule.add_query),
+                    None => format!("{}?{}", req.uri().path(), rule.add_query),
+                };
+                if let Ok(uri) = pq.parse::<http::Uri>() {
+                    *req.uri_mut() = uri;
+                    on.count("brownout");
+                    browned = Some(rule.name.clone());
+                }
+            }
+        }
+        let fut = self.route(on, req);
+        match browned {
+            None => fut,
+            Some(name) => Box::pin(async move {
+                let mut r = fut.await?;
+                if let Ok(v) = HeaderValue::from_str(&format!("brownout; dropped={name}")) {
+                    r.headers_mut().insert(H_DEGRADED, v);
+                }
+                Ok(r)
+            }),
+        }
+    }
+}
+
+impl<S> Degrade<S>
+where
+    S: tower::Service<Request, Response = Response, Error = ProxyError> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    fn route(
+        &mut self,
+        on: Arc<Inner>,
+        req: Request,
+    ) -> BoxFuture<'static, Result<Response, ProxyError>> {
         let down = match on.outages.local_phase() {
             Some((Phase::Down, until)) => Some(until),
             _ => None,

@@ -9,7 +9,7 @@ use crate::classify::ClientId;
 use crate::config::{Config, Direction, ListenerConfig};
 use crate::metrics::{status_class, ErrorLabels, ListenerLabels, RequestLabels, RouteLabels};
 use crate::policy::breaker::{BreakerLayer, UpstreamName};
-use crate::policy::degrade::{DegradeLayer, Peer};
+use crate::policy::degrade::{DegradeDeps, DegradeLayer, Peer};
 use crate::policy::outage::OutageGateLayer;
 use crate::policy::qod::{Canary, QodFilterLayer, QodProbeLayer};
 use crate::proxy::forward::{Forward, Target};
@@ -57,6 +57,7 @@ impl ListenerRuntime {
         };
         let forward = Forward::new(target, listener.connect_timeout);
         let layers = shared.policy_layers(name, &policy);
+        let shed_handle = layers.shed.handle();
         let qod = (cfg.qod.enabled && !listener.canaries.is_empty())
             .then(|| (shared.qod.clone(), Arc::new(cfg.qod.clone())));
         let canaries = listener
@@ -93,15 +94,16 @@ impl ListenerRuntime {
             .layer(layers.shed)
             .layer(QodProbeLayer::new(qod, name, canaries))
             .layer(DegradeLayer::new(
-                (listener.direction == Direction::Inbound).then(|| {
-                    (
-                        cfg.degrade.clone(),
-                        shared.outages.clone(),
-                        failover,
-                        shared.degrade_metrics.clone(),
-                    )
+                (listener.direction == Direction::Inbound).then(|| DegradeDeps {
+                    cfg: cfg.degrade.clone(),
+                    outages: shared.outages.clone(),
+                    peers: failover,
+                    metrics: shared.degrade_metrics.clone(),
+                    cache: shared.cid_cache.clone(),
+                    brownout: shared.brownout.clone(),
+                    shed: shed_handle,
+                    max_in_flight: policy.shed.max_in_flight,
                 }),
-                shared.cid_cache.clone(),
                 name,
             ))
             .layer(OutageGateLayer::new(shared.outages.clone()))

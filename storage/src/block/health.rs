@@ -233,6 +233,10 @@ pub fn status(svc: &BlockService) -> serde_json::Value {
     serde_json::json!({
         "health": h,
         "osd": {"total": map.osds.len(), "up": up, "in": in_},
+        "brownout": {
+            "active": svc.brownout.active(),
+            "recovery_rounds_yielded": svc.brownout.yielded.load(std::sync::atomic::Ordering::Relaxed),
+        },
         "data": {
             "pools": meta.pools().len(),
             "images": meta.images(None).len(),

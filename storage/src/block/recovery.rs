@@ -88,6 +88,13 @@ pub async fn run(svc: Arc<BlockService>) {
     loop {
         tick.tick().await;
         sync_meta(&svc).await;
+        if svc.brownout.active() {
+            svc.brownout
+                .yielded
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            tracing::info!("brownout: this recovery round yields to client I/O");
+            continue;
+        }
         if let Err(e) = round(&svc).await {
             tracing::warn!(error = %e, "recovery round failed");
         }

@@ -152,6 +152,8 @@ pub struct BlockService {
     /// Orders check-then-import on this replica so two recoveries never roll it back.
     import_lock: tokio::sync::Mutex<()>,
     pub stats: Stats,
+    /// Set by client requests the sidecar marked; recovery yields while it lasts.
+    pub brownout: Arc<crate::brownout::Brownout>,
     /// Written by the recovery loop, read by health and status.
     pub scan: RwLock<super::recovery::ScanReport>,
 }
@@ -179,6 +181,7 @@ impl BlockService {
             senders: Mutex::new(HashMap::new()),
             import_lock: tokio::sync::Mutex::new(()),
             stats: Stats::default(),
+            brownout: Arc::default(),
             scan: RwLock::new(Default::default()),
         }))
     }
