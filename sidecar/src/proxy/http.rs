@@ -58,7 +58,8 @@ impl ListenerRuntime {
         let forward = Forward::new(target, listener.connect_timeout);
         let layers = shared.policy_layers(name, &policy);
         let shed_handle = layers.shed.handle();
-        let qod = (cfg.qod.enabled && !listener.canaries.is_empty())
+        // The blacklist applies on every inbound listener; probing only where canaries are named.
+        let qod = (cfg.qod.enabled && listener.direction == Direction::Inbound)
             .then(|| (shared.qod.clone(), Arc::new(cfg.qod.clone())));
         let canaries = listener
             .canaries
