@@ -357,4 +357,22 @@ async fn queries_of_death_are_probed_confirmed_blacklisted_shared_and_persisted(
     assert_eq!((c1.saw("evil"), c2.saw("evil")), (1, 1));
     assert_eq!(post("arg=r&evil=3").await.unwrap().status(), 422);
     assert_eq!(node_a.saw("evil") + c1.saw("evil") + c2.saw("evil"), 2);
+
+    // A hang is a strike too: with a 1 s canary deadline (hot reload), a new shape that hangs
+    // both canaries for 3 s is blacklisted; the canaries live on.
+    c1.restart().await;
+    c2.restart().await;
+    let cfg = std::fs::read_to_string(&a.config)
+        .unwrap()
+        .replace("default_deadline = \"10s\"", "default_deadline = \"1s\"");
+    std::fs::write(&a.config, cfg).unwrap();
+    let r = http().post(a.admin_url("/reload")).send().await.unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let r = get(a_api, "arg=t&hang=1&tag=x").await.unwrap();
+    assert_eq!(r.status(), 422);
+    let body = r.text().await.unwrap();
+    assert!(body.contains("gave no answer within 1s"), "{body}");
+    assert_eq!((c1.saw("tag=x"), c2.saw("tag=x")), (1, 1));
+    assert_eq!(node_a.saw("tag=x"), 0);
+    assert!(c1.proc.running() && c2.proc.running());
 }
