@@ -59,8 +59,10 @@ PY=python3; command -v $PY >/dev/null || PY=/usr/bin/python3
 
 P_BACKEND=18080; P_HAPROXY=18081; P_NGINX=18082; P_SIDECAR=18084; P_SIDECAR_ALL=18085
 P_ADMIN=19901; P_ADMIN_ALL=19902; P_SIDECAR_B=18086; P_ADMIN_B=19903
+P_SIDECAR_QOD=18087; P_ADMIN_QOD=19904
 declare -A PORT=([direct]=$P_BACKEND [haproxy]=$P_HAPROXY [nginx]=$P_NGINX
-                 [sidecar]=$P_SIDECAR [sidecar-all]=$P_SIDECAR_ALL [sidecar-b]=$P_SIDECAR_B)
+                 [sidecar]=$P_SIDECAR [sidecar-all]=$P_SIDECAR_ALL [sidecar-b]=$P_SIDECAR_B
+                 [sidecar-qod]=$P_SIDECAR_QOD)
 SIDECAR_B=${SIDECAR_B:-}
 if [ -n "$SIDECAR_B" ] && [[ " $TARGETS " != *" sidecar-b "* ]]; then
   TARGETS=${TARGETS/sidecar /sidecar sidecar-b }
@@ -101,7 +103,7 @@ fi
 
 # ---------------------------------------------------------------------------------------------
 # 2. Configs and servers
-for p in $P_BACKEND $P_HAPROXY $P_NGINX $P_SIDECAR $P_SIDECAR_ALL $P_ADMIN $P_ADMIN_ALL $P_SIDECAR_B $P_ADMIN_B; do
+for p in $P_BACKEND $P_HAPROXY $P_NGINX $P_SIDECAR $P_SIDECAR_ALL $P_ADMIN $P_ADMIN_ALL $P_SIDECAR_B $P_ADMIN_B $P_SIDECAR_QOD $P_ADMIN_QOD; do
   if ss -Hltn "sport = :$p" | grep -q .; then echo "port $p is busy" >&2; exit 1; fi
 done
 RUN=$(mktemp -d /tmp/bulwark-proxy-bench.XXXXXX)
@@ -138,7 +140,9 @@ render haproxy.cfg.in haproxy.cfg
 render nginxproxy.conf.in nginxproxy.conf
 render sidecar.toml.in sidecar.toml $P_SIDECAR $P_ADMIN
 render sidecar-all.toml.in sidecar-all.toml $P_SIDECAR_ALL $P_ADMIN_ALL
+render sidecar-qod.toml.in sidecar-qod.toml $P_SIDECAR_QOD $P_ADMIN_QOD
 "$SIDECAR" check "$RUN/sidecar.toml" >/dev/null
+"$SIDECAR" check "$RUN/sidecar-qod.toml" >/dev/null
 "$SIDECAR" check "$RUN/sidecar-all.toml" >/dev/null
 if [ -n "$SIDECAR_B" ]; then
   render sidecar.toml.in sidecar-b.toml $P_SIDECAR_B $P_ADMIN_B
@@ -156,6 +160,8 @@ for t in $TARGETS; do case $t in
            PID[sidecar]=$! ;;
   sidecar-all) taskset -c "$CPU_PROXY" "$SIDECAR" run "$RUN/sidecar-all.toml" >"$RUN/sidecar-all.log" 2>&1 &
                PID[sidecar-all]=$! ;;
+  sidecar-qod) taskset -c "$CPU_PROXY" "$SIDECAR" run "$RUN/sidecar-qod.toml" >"$RUN/sidecar-qod.log" 2>&1 &
+               PID[sidecar-qod]=$! ;;
   sidecar-b) [ -n "$SIDECAR_B" ] || { echo "target sidecar-b needs SIDECAR_B=path" >&2; exit 2; }
              taskset -c "$CPU_PROXY" "$SIDECAR_B" run "$RUN/sidecar-b.toml" >"$RUN/sidecar-b.log" 2>&1 &
              PID[sidecar-b]=$! ;;
@@ -163,7 +169,7 @@ for t in $TARGETS; do case $t in
 esac; done
 
 for t in $TARGETS; do
-  case $t in sidecar) adm=$P_ADMIN ;; sidecar-all) adm=$P_ADMIN_ALL ;; sidecar-b) adm=$P_ADMIN_B ;; *) adm= ;; esac
+  case $t in sidecar) adm=$P_ADMIN ;; sidecar-all) adm=$P_ADMIN_ALL ;; sidecar-b) adm=$P_ADMIN_B ;; sidecar-qod) adm=$P_ADMIN_QOD ;; *) adm= ;; esac
   for i in $(seq 100); do
     [ -z "$adm" ] && break
     curl -sf -o /dev/null "http://127.0.0.1:$adm/ready" && break
@@ -294,8 +300,9 @@ END=$(date -u +%FT%TZ)
 for t in $TARGETS; do case $t in
   sidecar) curl -s "http://127.0.0.1:$P_ADMIN/metrics" > "$OUT/metrics-sidecar.txt" || true ;;
   sidecar-all) curl -s "http://127.0.0.1:$P_ADMIN_ALL/metrics" > "$OUT/metrics-sidecar-all.txt" || true ;;
+  sidecar-qod) curl -s "http://127.0.0.1:$P_ADMIN_QOD/metrics" > "$OUT/metrics-sidecar-qod.txt" || true ;;
 esac; done
-for t in sidecar sidecar-all sidecar-b; do
+for t in sidecar sidecar-all sidecar-b sidecar-qod; do
   [ -n "${PID[$t]:-}" ] && echo "$t: $(grep -E '^Threads:' "/proc/${PID[$t]}/status" | tr -s '\t ' ' ')" >> "$OUT/threads.txt"
 done
 

@@ -36,14 +36,14 @@ TEMPS="client_body_temp_path $RUN/tmp/cb; proxy_temp_path $RUN/tmp/px; fastcgi_t
 r() { sed -e "s|@RUN@|$RUN|g" -e "s|@TEMPS@|$TEMPS|g" -e "s|@P_BACKEND@|$P_BACKEND|g" \
   -e "s|@P_HAPROXY@|$P_PROXY|g" -e "s|@P_SIDECAR@|$P_PROXY|g" -e "s|@P_ADMIN@|$P_ADMIN|g" "$HERE/$1" > "$RUN/$2"; }
 r backend.conf.in backend.conf; r haproxy.cfg.in haproxy.cfg
-r sidecar.toml.in sidecar.toml; r sidecar-all.toml.in sidecar-all.toml
+r sidecar.toml.in sidecar.toml; r sidecar-all.toml.in sidecar-all.toml; r sidecar-qod.toml.in sidecar-qod.toml
 nginx -c "$RUN/backend.conf" -e "$RUN/backend.err" & PIDS+=("$!")
 
 echo "| target | requests | instructions (user space) | instructions / request |"
 echo "|---|---:|---:|---:|"
 for t in $TARGETS; do
   case $t in
-    sidecar|sidecar-all) cmd=("$SIDECAR" run "$RUN/$t.toml") ;;
+    sidecar|sidecar-all|sidecar-qod) cmd=("$SIDECAR" run "$RUN/$t.toml") ;;
     haproxy) cmd=(haproxy -db -f "$RUN/haproxy.cfg") ;;
     *) echo "unknown target $t" >&2; exit 2 ;;
   esac

@@ -118,6 +118,13 @@ for s in sizes:
         print(f"| {s}: all policies cost < 10 % (CPU/req; req/s shown too) | {a:.1f} vs {b:.1f} µs ({(a / b - 1) * 100:+.1f} %); "
               f"req/s {(x - 1) * 100:+.1f} % | {verdict(a < 1.10 * b)} |")
 for s in sizes:
+    sc, q = W.get((s, "sidecar")), W.get((s, "sidecar-qod"))
+    if sc and q:
+        a, c = med(q, "proxy_cpu_us_per_req"), med(sc, "proxy_cpu_us_per_req")
+        x = med(q, "rps") / med(sc, "rps")
+        print(f"| {s}: query-of-death probing on, known signatures (CPU/req; req/s, p99) | {a:.1f} vs {c:.1f} µs ({(a / c - 1) * 100:+.1f} %); "
+              f"req/s {(x - 1) * 100:+.1f} %; p99 {med(q, 'p99_us'):.0f} vs {med(sc, 'p99_us'):.0f} µs | – |")
+for s in sizes:
     sc, b = W.get((s, "sidecar")), W.get((s, "sidecar-b"))
     if sc and b:
         a, c = med(b, "proxy_cpu_us_per_req"), med(sc, "proxy_cpu_us_per_req")

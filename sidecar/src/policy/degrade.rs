@@ -15,6 +15,7 @@ use crate::error::ProxyError;
 use crate::policy::cache::{self, CidCache};
 use crate::policy::outage::{OutageRegistry, Phase};
 use crate::policy::retry::{buffer, Buffered};
+use crate::policy::Maybe;
 use crate::proxy::forward::Forward;
 use crate::{Request, Response};
 use futures::future::BoxFuture;
@@ -321,7 +322,7 @@ where
 {
     type Response = Response;
     type Error = ProxyError;
-    type Future = BoxFuture<'static, Result<Response, ProxyError>>;
+    type Future = crate::policy::Maybe<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
         self.inner.poll_ready(cx)
@@ -329,7 +330,7 @@ where
 
     fn call(&mut self, mut req: Request) -> Self::Future {
         let Some(on) = self.on.clone() else {
-            return Box::pin(self.inner.call(req));
+            return Maybe::direct(self.inner.call(req));
         };
         let mut browned = None;
         if on
@@ -356,13 +357,16 @@ where
         let fut = self.route(on, req);
         match browned {
             None => fut,
-            Some(name) => Box::pin(async move {
-                let mut r = fut.await?;
-                if let Ok(v) = HeaderValue::from_str(&format!("brownout; dropped={name}")) {
-                    r.headers_mut().insert(H_DEGRADED, v);
-                }
-                Ok(r)
-            }),
+            Some(name) => {
+                let fut: BoxFuture<'static, Result<Response, ProxyError>> = Box::pin(fut);
+                Maybe::boxed(async move {
+                    let mut r = fut.await?;
+                    if let Ok(v) = HeaderValue::from_str(&format!("brownout; dropped={name}")) {
+                        r.headers_mut().insert(H_DEGRADED, v);
+                    }
+                    Ok(r)
+                })
+            }
         }
     }
 }
@@ -372,11 +376,7 @@ where
     S: tower::Service<Request, Response = Response, Error = ProxyError> + Clone + Send + 'static,
     S::Future: Send + 'static,
 {
-    fn route(
-        &mut self,
-        on: Arc<Inner>,
-        req: Request,
-    ) -> BoxFuture<'static, Result<Response, ProxyError>> {
+    fn route(&mut self, on: Arc<Inner>, req: Request) -> Maybe<S::Future> {
         let down = match on.outages.local_phase() {
             Some((Phase::Down, until)) => Some(until),
             _ => None,
@@ -389,18 +389,21 @@ where
                 let retry_after = Duration::from_millis(
                     until.saturating_sub(crate::policy::qod::blacklist::now_ms()),
                 );
-                return Box::pin(async move { Err(ProxyError::PlannedOutage { retry_after }) });
+                return Maybe::err(ProxyError::PlannedOutage { retry_after });
             }
-        } else if !read || (on.peers.is_empty() && on.cache.is_none()) {
-            return Box::pin(self.inner.call(req));
         }
         let key = on
             .cache
             .as_ref()
+            .filter(|_| read)
             .and_then(|_| cache::cacheable(req.method(), req.uri()));
+        // The hot path: nothing this layer could do if the node failed.
+        if down.is_none() && (!read || (on.peers.is_empty() && key.is_none())) {
+            return Maybe::direct(self.inner.call(req));
+        }
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
-        Box::pin(async move {
+        Maybe::boxed(async move {
             let (parts, body) = req.into_parts();
             let declared = http_body::Body::size_hint(&body).exact();
             let replay = match buffer(body, on.cfg.max_replay_bytes, declared).await {

@@ -12,3 +12,48 @@ pub mod qod;
 pub mod retry;
 pub mod shed;
 pub mod throttle;
+
+use crate::error::ProxyError;
+use crate::Response;
+use futures::future::BoxFuture;
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+pin_project_lite::pin_project! {
+    /// A layer's answer: the inner service's own future when the layer has nothing to do (no
+    /// allocation: every request crosses every layer), or a boxed future on the rarer paths.
+    #[project = MaybeProj]
+    pub enum Maybe<F> {
+        Direct { #[pin] fut: F },
+        Boxed { fut: BoxFuture<'static, Result<Response, ProxyError>> },
+    }
+}
+
+impl<F> Maybe<F> {
+    pub fn direct(fut: F) -> Self {
+        Maybe::Direct { fut }
+    }
+
+    pub fn boxed(fut: impl Future<Output = Result<Response, ProxyError>> + Send + 'static) -> Self {
+        Maybe::Boxed { fut: Box::pin(fut) }
+    }
+
+    pub fn err(e: ProxyError) -> Self {
+        Self::boxed(std::future::ready(Err(e)))
+    }
+}
+
+impl<F> Future for Maybe<F>
+where
+    F: Future<Output = Result<Response, ProxyError>>,
+{
+    type Output = Result<Response, ProxyError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            MaybeProj::Direct { fut } => fut.poll(cx),
+            MaybeProj::Boxed { fut } => fut.as_mut().poll(cx),
+        }
+    }
+}

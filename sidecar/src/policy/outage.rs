@@ -18,7 +18,6 @@
 
 use crate::error::ProxyError;
 use crate::{Request, Response};
-use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -164,6 +163,9 @@ pub struct Listed {
 pub struct OutageRegistry {
     local: Mutex<Vec<Outage>>,
     remote: Mutex<Vec<Outage>>,
+    /// Whether either list is non-empty: lets every request skip the locks when there are none.
+    any_local: std::sync::atomic::AtomicBool,
+    any_remote: std::sync::atomic::AtomicBool,
     seq: AtomicU64,
     http: hyper_util::client::legacy::Client<
         hyper_util::client::legacy::connect::HttpConnector,
@@ -178,6 +180,8 @@ impl Default for OutageRegistry {
         Self {
             local: Mutex::new(Vec::new()),
             remote: Mutex::new(Vec::new()),
+            any_local: Default::default(),
+            any_remote: Default::default(),
             seq: AtomicU64::new(0),
             http: hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
                 .pool_max_idle_per_host(0)
@@ -189,6 +193,9 @@ impl Default for OutageRegistry {
 impl OutageRegistry {
     /// The local node's phase now (the most severe of its outages).
     pub fn local_phase(&self) -> Option<(Phase, u64)> {
+        if !self.any_local.load(Ordering::Acquire) {
+            return None;
+        }
         let now = now_ms();
         let l = self.local.lock().expect("outages lock");
         l.iter()
@@ -200,6 +207,9 @@ impl OutageRegistry {
 
     /// An announced outage covering `upstream` now: until when (ms).
     pub fn remote_down(&self, upstream: &str) -> Option<u64> {
+        if !self.any_remote.load(Ordering::Acquire) {
+            return None;
+        }
         let now = now_ms();
         let r = self.remote.lock().expect("outages lock");
         r.iter()
@@ -213,9 +223,13 @@ impl OutageRegistry {
     pub fn list(&self) -> Vec<Listed> {
         let now = now_ms();
         let mut v = Vec::new();
-        for (scope, m) in [("local", &self.local), ("peer", &self.remote)] {
+        for (scope, m, any) in [
+            ("local", &self.local, &self.any_local),
+            ("peer", &self.remote, &self.any_remote),
+        ] {
             let mut m = m.lock().expect("outages lock");
             m.retain(|o| o.pending(now));
+            any.store(!m.is_empty(), Ordering::Release);
             v.extend(m.iter().map(|o| Listed {
                 outage: o.clone(),
                 status: o.status(now),
@@ -281,7 +295,11 @@ impl OutageRegistry {
             reason: req.reason,
             cancelled: false,
         };
-        self.local.lock().expect("outages lock").push(o.clone());
+        {
+            let mut l = self.local.lock().expect("outages lock");
+            l.push(o.clone());
+            self.any_local.store(true, Ordering::Release);
+        }
         tracing::warn!(id = %o.id, start_ms = o.start_ms, drain_ms = o.drain_ms, duration_ms = o.duration_ms,
             every_ms = ?o.every_ms, reason = %o.reason, "planned outage scheduled; announcing to the peers");
         self.announce(&o, peers, token);
@@ -297,6 +315,7 @@ impl OutageRegistry {
                 o.clone()
             });
             l.retain(|o| !o.cancelled);
+            self.any_local.store(!l.is_empty(), Ordering::Release);
             found
         };
         match found {
@@ -316,9 +335,11 @@ impl OutageRegistry {
         if !o.cancelled {
             tracing::info!(id = %o.id, node = %o.node, upstreams = ?o.upstreams, "peer announced a planned outage; routing around it");
             r.push(o);
+            self.any_remote.store(true, Ordering::Release);
         } else {
             tracing::info!(id = %o.id, node = %o.node, "peer's planned outage cancelled");
         }
+        self.any_remote.store(!r.is_empty(), Ordering::Release);
     }
 
     fn announce(&self, o: &Outage, peers: &[String], token: Option<&str>) {
@@ -391,7 +412,7 @@ where
 {
     type Response = Response;
     type Error = ProxyError;
-    type Future = BoxFuture<'static, Result<Response, ProxyError>>;
+    type Future = crate::policy::Maybe<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
         self.inner.poll_ready(cx)
@@ -408,9 +429,9 @@ where
                 reason: "planned_outage".into(),
                 retry_after: Duration::from_millis(until.saturating_sub(now_ms())),
             };
-            return Box::pin(async move { Err(err) });
+            return crate::policy::Maybe::err(err);
         }
-        Box::pin(self.inner.call(req))
+        crate::policy::Maybe::direct(self.inner.call(req))
     }
 }
 

@@ -37,6 +37,7 @@ pub mod signature;
 use crate::classify::{RouteName, TrafficClass};
 use crate::error::ProxyError;
 use crate::policy::retry::{buffer, Buffered};
+use crate::policy::Maybe;
 use crate::proxy::forward::Forward;
 use crate::{Request, Response};
 use blacklist::{now_ms, Blacklist, Entry, Merge, Sample};
@@ -728,7 +729,7 @@ where
 {
     type Response = Response;
     type Error = ProxyError;
-    type Future = BoxFuture<'static, Result<Response, ProxyError>>;
+    type Future = Maybe<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
         self.inner.poll_ready(cx)
@@ -736,10 +737,10 @@ where
 
     fn call(&mut self, mut req: Request) -> Self::Future {
         let Some((st, cfg)) = &self.on else {
-            return Box::pin(self.inner.call(req));
+            return Maybe::direct(self.inner.call(req));
         };
         if !cfg.classes.contains(&TrafficClass::of(&req)) {
-            return Box::pin(self.inner.call(req));
+            return Maybe::direct(self.inner.call(req));
         }
         let route = route_of(&req);
         let sig = signature::of(&req, &route);
@@ -757,15 +758,15 @@ where
                     expires_in: Duration::from_millis(expires_ms.saturating_sub(now_ms())),
                     reason,
                 };
-                return Box::pin(async move { Err(err) });
+                return Maybe::err(err);
             }
         }
         req.extensions_mut().insert(SigExt { sig, dry_run_hit });
         let fut = self.inner.call(req);
         if dry_run_hit {
-            return Box::pin(mark_dry_run(fut, signature::id(sig.fine)));
+            return Maybe::boxed(mark_dry_run(fut, signature::id(sig.fine)));
         }
-        Box::pin(fut)
+        Maybe::direct(fut)
     }
 }
 
@@ -843,7 +844,7 @@ where
 {
     type Response = Response;
     type Error = ProxyError;
-    type Future = BoxFuture<'static, Result<Response, ProxyError>>;
+    type Future = Maybe<Timed<S::Future>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
         self.inner.poll_ready(cx)
@@ -851,14 +852,16 @@ where
 
     fn call(&mut self, req: Request) -> Self::Future {
         let (Some(p), Some(ext)) = (&self.on, req.extensions().get::<SigExt>().copied()) else {
-            return Box::pin(self.inner.call(req));
+            return Maybe::direct(Timed {
+                lat: None,
+                fut: self.inner.call(req),
+            });
         };
         let route = route_of(&req);
         if ext.dry_run_hit || p.st.is_known(ext.sig.known_key()) {
             // The hot path: time the answer head for this route's canary deadline.
-            return Box::pin(Timed {
-                lat: p.st.route_latency(&route),
-                start: tokio::time::Instant::now(),
+            return Maybe::direct(Timed {
+                lat: Some((p.st.route_latency(&route), tokio::time::Instant::now())),
                 fut: self.inner.call(req),
             });
         }
@@ -866,16 +869,15 @@ where
         // the ready one and leave a clone.
         let clone = self.inner.clone();
         let inner = std::mem::replace(&mut self.inner, clone);
-        Box::pin(probe(p.clone(), inner, req, ext.sig, route))
+        Maybe::boxed(probe(p.clone(), inner, req, ext.sig, route))
     }
 }
 
 pin_project_lite::pin_project! {
     /// Times a known request's answer head for its route's canary deadline (a plain future, not
     /// an `async` block: this is the hot path, and it keeps rustc's `Send` inference simple).
-    struct Timed<F> {
-        lat: Arc<RouteLatency>,
-        start: tokio::time::Instant,
+    pub struct Timed<F> {
+        lat: Option<(Arc<RouteLatency>, tokio::time::Instant)>,
         #[pin]
         fut: F,
     }
@@ -889,8 +891,10 @@ where
     fn poll(self: std::pin::Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let this = self.project();
         let r = std::task::ready!(this.fut.poll(cx));
-        if matches!(&r, Ok(resp) if resp.status().as_u16() < 500) {
-            this.lat.record(this.start.elapsed());
+        if let (Some((lat, start)), Ok(resp)) = (this.lat.as_ref(), &r) {
+            if resp.status().as_u16() < 500 {
+                lat.record(start.elapsed());
+            }
         }
         Poll::Ready(r)
     }
