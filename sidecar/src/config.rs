@@ -47,6 +47,9 @@ pub struct Config {
     pub degrade: crate::policy::degrade::DegradeConfig,
     /// The peer sidecars' admin APIs: blacklist sharing and planned-outage announcements.
     pub mesh: MeshConfig,
+    /// HTTP faults injected at start (same spec as `POST /faults`; the TTL counts from start).
+    #[serde(rename = "fault")]
+    pub faults: Vec<crate::policy::fault::FaultSpec>,
 }
 
 /// `[mesh]`: the other sidecars of the cluster, as their admin addresses.
@@ -336,6 +339,13 @@ impl Config {
         self.degrade
             .validate()
             .map_err(|e| format!("degrade: {e}"))?;
+        let mut ids = std::collections::HashSet::new();
+        for f in &self.faults {
+            f.validate().map_err(|e| format!("[[fault]]: {e}"))?;
+            if !ids.insert(f.id.as_str()) {
+                return Err(format!("[[fault]]: id {:?} is used twice", f.id));
+            }
+        }
         for p in &self.mesh.peers {
             check_host_port(p).map_err(|e| format!("mesh.peers {p:?}: {e}"))?;
         }

@@ -378,6 +378,12 @@ pub async fn run(shared: Arc<Shared>, bound: Bound, mut stop: watch::Receiver<bo
         }
         tracing::info!(listener = %name, "listening");
     }
+    for f in &cfg.faults {
+        // Validated with the config; a duplicate of a live one cannot happen at start.
+        if let Err(e) = shared.faults.add(f.clone()) {
+            tracing::error!(fault = %f.id, error = %e, "fault from the config not injected");
+        }
+    }
     tokio::spawn(crate::admin::serve(bound.admin, shared.clone(), rx.clone()));
     if cfg.qod.enabled {
         shared.qod.pull_from_peers();

@@ -154,3 +154,57 @@ async fn http_faults_apply_to_matching_requests_and_expire_by_themselves() {
         .unwrap();
     assert!(m.contains("bulwark_faults_injected_total"), "{m}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn faults_from_the_config_apply_at_start_and_expire_and_bad_ones_are_rejected() {
+    let fx = Fixture::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let listen = free_addr();
+    let fault = "[[fault]]\nid = \"boot-abort\"\nkind = { type = \"abort\", status = 503 }\n\
+                 route = \"/ok\"\nttl = \"2s\"\n";
+    let s = SidecarProc::start(
+        dir.path(),
+        "sc",
+        &format!("{}\n{fault}", config(listen, fx.addr)),
+    );
+    s.wait_ready().await;
+    let r = http()
+        .get(format!("http://{listen}/ok"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.headers()["x-bulwark-fault"], "boot-abort");
+    wait_for(
+        "the config fault to expire",
+        Duration::from_secs(10),
+        || async {
+            let r = http()
+                .get(format!("http://{listen}/ok"))
+                .send()
+                .await
+                .ok()?;
+            (r.status() == 200).then_some(())
+        },
+    )
+    .await;
+
+    // A fault without a TTL is a configuration error (exit 64), named precisely.
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(
+        &bad,
+        format!(
+            "{}\n[[fault]]\nid = \"forever\"\nkind = {{ type = \"abort\", status = 503 }}\n",
+            config(free_addr(), fx.addr)
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(bulwark_e2e::sidecar_bin())
+        .arg("check")
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("fault \"forever\": ttl is required"), "{err}");
+}
