@@ -634,3 +634,79 @@ async fn every_ready_made_experiment_validates() {
     );
     assert_eq!(text.matches(": valid: ").count(), files.len(), "{text}");
 }
+
+/// A toxic through the Toxiproxy-compatible API: injected (the hypothesis, traffic through the
+/// proxy, deviates while it lives) and removed afterwards.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_toxic_action_breaks_traffic_through_the_proxy_and_is_removed() {
+    let fx = Fixture::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (tox, via) = (free_addr(), free_addr());
+    let sidecar = SidecarProc::start(
+        dir.path(),
+        "sc",
+        &format!(
+            "[toxiproxy]\nlisten = \"{tox}\"\n\n[[listener]]\nname = \"api\"\nlisten = \"{}\"\nupstream = \"{}\"\n",
+            free_addr(),
+            fx.addr
+        ),
+    );
+    sidecar.wait_ready().await;
+    let r = http()
+        .post(format!("http://{tox}/proxies"))
+        .json(&serde_json::json!({"name": "fx", "listen": via.to_string(), "upstream": fx.addr.to_string()}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    let file = dir.path().join("toxic.toml");
+    std::fs::write(
+        &file,
+        r#"schema = "chaos/v1"
+title = "must deviate: the dependency stops answering"
+[vars]
+tox = "set by the test"
+via = "set by the test"
+[runtime]
+hypothesis_interval = "300ms"
+max_duration = "1m"
+[hosts.a]
+toxiproxy = "${tox}"
+[[steady_state]]
+name = "through-the-proxy"
+type = "http"
+url = "http://${via}/ok"
+timeout = "500ms"
+tolerance = { status = [200] }
+[[method]]
+name = "stop the data"
+type = "toxic"
+host = "a"
+proxy = "fx"
+toxic = { type = "timeout", attributes = { timeout = 0 } }
+duration = "2s"
+"#,
+    )
+    .unwrap();
+    let out = dir.path().join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let vars = vec![format!("tox=http://{tox}"), format!("via={via}")];
+    let r = run_chaos(&file, &vars, &out, "toxic").await;
+    assert_eq!(r.code, 1, "{r:?}");
+    let j = r.journal.as_ref().unwrap();
+    assert_eq!(j["verdict"], "deviated");
+    assert_eq!(j["steady_states"]["before"]["met"], true);
+    assert_eq!(
+        j["steady_states"]["after"]["met"], true,
+        "the toxic was removed"
+    );
+    let toxics: Value = http()
+        .get(format!("http://{tox}/proxies/fx/toxics"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(toxics, serde_json::json!([]));
+}

@@ -181,8 +181,22 @@ async fn queries_of_death_are_probed_confirmed_blacklisted_shared_and_persisted(
         !slow.is_finished(),
         "the known requests did not wait for the probe"
     );
+    // Single flight: two more requests of the probed shape wait for its probe instead of
+    // reaching the canary, then go to the node once the shape is known.
+    let same = [
+        tokio::spawn(get(a_api, "arg=u&hang=1")),
+        tokio::spawn(get(a_api, "arg=v&hang=1")),
+    ];
     let r = slow.await.unwrap().unwrap();
     assert_eq!(r.status(), 200, "the probe finished within its deadline");
+    assert!(r.text().await.unwrap().starts_with("canary-1"));
+    for w in same {
+        let r = w.await.unwrap().unwrap();
+        assert_eq!(r.status(), 200);
+        assert!(r.text().await.unwrap().starts_with("node-a"));
+    }
+    assert_eq!(c1.saw("hang=1"), 1, "one probe for the shape");
+    assert_eq!(node_a.saw("hang=1"), 2);
 
     // The query of death (a long run of spaces, as in the 2016 Stack Exchange outage): a safe
     // request, so the strike on canary 1 is confirmed on canary 2 at once, then blacklisted.

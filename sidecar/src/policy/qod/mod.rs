@@ -1222,3 +1222,115 @@ where
         }),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(cfg: &QodConfig) -> Arc<QodState> {
+        QodState::open(
+            cfg,
+            &crate::config::MeshConfig::default(),
+            "test".into(),
+            QodMetrics::default(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn canary_deadline_follows_the_routes_p99_within_bounds() {
+        let cfg = QodConfig::default();
+        let st = state(&cfg);
+        let route: Arc<str> = Arc::from("cat");
+        assert_eq!(
+            st.deadline(&cfg, &route),
+            cfg.default_deadline,
+            "too few answers"
+        );
+        let lat = st.route_latency(&route);
+        for _ in 0..99 {
+            lat.record(Duration::from_millis(10));
+        }
+        lat.record(Duration::from_millis(200));
+        // p99 of 100 answers is in the 8–16 ms bucket: 16 ms × 4 = 64 ms, raised to the minimum.
+        assert_eq!(st.deadline(&cfg, &route), cfg.min_deadline);
+        for _ in 0..100 {
+            lat.record(Duration::from_millis(700));
+        }
+        // Now p99 is in the 512–1024 ms bucket: 1.024 s × 4.
+        assert_eq!(
+            st.deadline(&cfg, &route),
+            Duration::from_micros(1 << 10 << 10) * 4
+        );
+        for _ in 0..1000 {
+            lat.record(Duration::from_secs(30));
+        }
+        assert_eq!(st.deadline(&cfg, &route), cfg.max_deadline);
+    }
+
+    #[test]
+    fn strikes_count_distinct_canaries_and_start_the_next_probe_elsewhere() {
+        let cfg = QodConfig::default();
+        let st = state(&cfg);
+        assert_eq!(st.first_canary(7, 3), 0);
+        assert_eq!(st.strike(7, 0, false, cfg.ttl), 1);
+        assert_eq!(st.first_canary(7, 3), 1, "after the one that struck");
+        assert_eq!(
+            st.strike(7, 0, false, cfg.ttl),
+            1,
+            "the same canary twice is one"
+        );
+        assert_eq!(st.strike(7, 1, false, cfg.ttl), 2);
+        st.clear_strikes(7);
+        assert_eq!(st.first_canary(7, 3), 0);
+        // With a single canary, repeated strikes count.
+        assert_eq!(st.strike(8, 0, true, cfg.ttl), 1);
+        assert_eq!(st.strike(8, 0, true, cfg.ttl), 2);
+    }
+
+    #[test]
+    fn known_set_is_bounded_oldest_first() {
+        let st = state(&QodConfig::default());
+        for k in 0..5 {
+            st.mark_known(k, 3);
+        }
+        assert_eq!(st.known_count(), 3);
+        assert!(!st.is_known(0) && !st.is_known(1) && st.is_known(4));
+        assert_eq!(st.forget_known(), 3);
+        assert!(!st.is_known(4));
+    }
+
+    #[test]
+    fn config_is_validated() {
+        let ok = QodConfig::default();
+        assert!(ok.validate().is_ok());
+        for bad in [
+            QodConfig {
+                deadline_factor: 0.0,
+                ..ok.clone()
+            },
+            QodConfig {
+                min_deadline: Duration::from_secs(20),
+                ..ok.clone()
+            },
+            QodConfig {
+                strikes: 0,
+                ..ok.clone()
+            },
+            QodConfig {
+                ttl: Duration::from_secs(3600 * 48),
+                ..ok.clone()
+            },
+            QodConfig {
+                webhook: Some("https://x/y".into()),
+                ..ok.clone()
+            },
+            QodConfig {
+                classes: vec![],
+                ..ok.clone()
+            },
+        ] {
+            assert!(bad.validate().is_err(), "{bad:?}");
+        }
+    }
+}
