@@ -21,6 +21,9 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::histogram::Histogram;
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::TcpListener;
@@ -36,7 +39,25 @@ pub struct ListenerRuntime {
     pub listener: ListenerConfig,
     pub stack: Stack,
     forward: Forward,
+    /// Route names as shared strings (the class rules', then "other"): no allocation per request.
+    routes: Vec<Arc<str>>,
+    /// Inbound: the fixed upstream's name.
+    fixed_upstream: Option<Arc<str>>,
+    /// Metric handles per label set, resolved once: a `Family` lookup builds five label
+    /// `String`s and hashes them, on every request otherwise.
+    metric_handles: std::sync::RwLock<HashMap<MetricKey, (Counter, Histogram)>>,
 }
+
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct MetricKey {
+    route: Arc<str>,
+    class: crate::classify::TrafficClass,
+    upstream: Arc<str>,
+    status: &'static str,
+}
+
+/// Distinct label sets cached per listener; beyond it lookups go to the families directly.
+const MAX_METRIC_HANDLES: usize = 4096;
 
 impl ListenerRuntime {
     pub fn build(cfg: Arc<Config>, name: &str, shared: &Shared) -> Option<Self> {
@@ -54,6 +75,10 @@ impl ListenerRuntime {
             Direction::Outbound => {
                 Target::ByAuthority(Arc::new(listener.allowed_upstreams.clone()))
             }
+        };
+        let forward_target_name = match &target {
+            Target::Fixed(a) => Some(a.to_string()),
+            Target::ByAuthority(_) => None,
         };
         let forward = Forward::new(target, listener.connect_timeout);
         let layers = shared.policy_layers(name, &policy);
@@ -115,12 +140,36 @@ impl ListenerRuntime {
             ))
             .layer(layers.retry)
             .service(forward.clone());
+        let routes = cfg
+            .class_rules
+            .iter()
+            .map(|r| Arc::from(r.name.as_str()))
+            .chain(std::iter::once(Arc::from("other")))
+            .collect();
+        let fixed_upstream: Option<Arc<str>> = forward_target_name.as_deref().map(Arc::from);
         Some(Self {
             cfg,
             listener,
             stack: BoxCloneSyncService::new(stack),
             forward,
+            routes,
+            fixed_upstream,
+            metric_handles: std::sync::RwLock::new(HashMap::new()),
         })
+    }
+
+    /// The shared name of the route `classify` returned (a name inside `self.cfg`).
+    fn route_arc(&self, route: &str) -> Arc<str> {
+        match self
+            .cfg
+            .class_rules
+            .iter()
+            .position(|r| std::ptr::eq(r.name.as_str(), route))
+        {
+            Some(i) => self.routes[i].clone(),
+            None if route == "other" => self.routes[self.routes.len() - 1].clone(),
+            None => Arc::from(route),
+        }
     }
 }
 
@@ -227,12 +276,13 @@ async fn handle_inner(
     let (class, route) = rt
         .cfg
         .classify(&rt.listener, req.uri().path(), req.headers());
-    let route: Arc<str> = Arc::from(route);
+    let route: Arc<str> = rt.route_arc(route);
     let mut req: Request = req.map(|b| b.map_err(crate::box_err).boxed());
     let client = ClientId::from_request(&req, remote.ip());
-    let upstream = match rt.forward.upstream_of(&req) {
-        Ok(a) => a.to_string(),
-        Err(e) => return answer(&rt, &shared, &route, class, "-", start, Err(e)),
+    let upstream: Arc<str> = match (&rt.fixed_upstream, rt.forward.upstream_of(&req)) {
+        (Some(u), Ok(_)) => u.clone(),
+        (None, Ok(a)) => Arc::from(a.as_str()),
+        (_, Err(e)) => return answer(&rt, &shared, &route, class, &Arc::from("-"), start, Err(e)),
     };
     let method = req.method().clone();
     let h = req.headers_mut();
@@ -258,7 +308,7 @@ async fn handle_inner(
     ext.insert(class);
     ext.insert(client);
     ext.insert(remote);
-    ext.insert(UpstreamName(Arc::from(upstream.as_str())));
+    ext.insert(UpstreamName(upstream.clone()));
     ext.insert(crate::classify::RouteName(route.clone()));
     // Not `oneshot`: a held `Oneshot<S, _>` names `S::Future` through the trait, which trips
     // rustc's higher-ranked Send inference in spawned tasks; the boxed future is concrete.
@@ -285,9 +335,9 @@ async fn handle_inner(
 fn answer(
     rt: &ListenerRuntime,
     shared: &Shared,
-    route: &str,
+    route: &Arc<str>,
     class: crate::classify::TrafficClass,
-    upstream: &str,
+    upstream: &Arc<str>,
     start: tokio::time::Instant,
     res: Result<Response, crate::error::ProxyError>,
 ) -> Response {
@@ -295,7 +345,7 @@ fn answer(
     let resp = match res {
         Ok(r) => r,
         Err(e) => {
-            tracing::debug!(listener = %name, route, error = %e, "answered by the sidecar");
+            tracing::debug!(listener = %name, route = %route, error = %e, "answered by the sidecar");
             shared
                 .metrics
                 .errors
@@ -307,22 +357,48 @@ fn answer(
             e.into_response()
         }
     };
-    let m = &shared.metrics;
-    m.requests
-        .get_or_create(&RequestLabels {
-            listener: name.clone(),
-            route: route.to_string(),
-            class: class.as_str().to_string(),
-            upstream: upstream.to_string(),
-            status: status_class(resp.status()).to_string(),
-        })
-        .inc();
-    m.duration
-        .get_or_create(&RouteLabels {
-            listener: name.clone(),
-            route: route.to_string(),
-        })
-        .observe(start.elapsed().as_secs_f64());
+    let key = MetricKey {
+        route: route.clone(),
+        class,
+        upstream: upstream.clone(),
+        status: status_class(resp.status()),
+    };
+    let cached = rt
+        .metric_handles
+        .read()
+        .expect("metric handles lock")
+        .get(&key)
+        .cloned();
+    let (count, time) = match cached {
+        Some(h) => h,
+        None => {
+            let m = &shared.metrics;
+            let count = m
+                .requests
+                .get_or_create(&RequestLabels {
+                    listener: name.clone(),
+                    route: route.to_string(),
+                    class: class.as_str().to_string(),
+                    upstream: upstream.to_string(),
+                    status: key.status.to_string(),
+                })
+                .clone();
+            let time = m
+                .duration
+                .get_or_create(&RouteLabels {
+                    listener: name.clone(),
+                    route: route.to_string(),
+                })
+                .clone();
+            let mut all = rt.metric_handles.write().expect("metric handles lock");
+            if all.len() < MAX_METRIC_HANDLES {
+                all.insert(key, (count.clone(), time.clone()));
+            }
+            (count, time)
+        }
+    };
+    count.inc();
+    time.observe(start.elapsed().as_secs_f64());
     resp
 }
 
