@@ -3,20 +3,14 @@
 //! client I/O for a short while after each marked request — the block service's recovery rounds
 //! are skipped (degraded objects stay tracked and are recovered once the brownout is over).
 
+use crate::pinset::now_millis as now_ms;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 pub const HEADER: &str = "x-bulwark-brownout";
 /// How long one marked request keeps the node in brownout.
 const HOLD: Duration = Duration::from_secs(2);
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
 
 #[derive(Default)]
 pub struct Brownout {

@@ -437,6 +437,18 @@ impl SidecarProc {
         format!("http://{}{path}", self.admin)
     }
 
+    /// The sidecar's `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        http()
+            .get(self.admin_url("/metrics"))
+            .send()
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("metrics text")
+    }
+
     pub async fn wait_ready(&self) {
         let url = self.admin_url("/ready");
         wait_ok("sidecar ready", || http().get(&url)).await;

@@ -270,14 +270,7 @@ async fn planned_outage_is_invisible_to_readers_and_reads_fail_over_from_a_dead_
             "{d}"
         );
     }
-    let m = http()
-        .get(hosts[0].sidecar.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = hosts[0].sidecar.metrics().await;
     for kind in ["failover", "cache", "brownout", "planned_outage_refused"] {
         assert!(
             m.lines()

@@ -144,14 +144,7 @@ async fn http_faults_apply_to_matching_requests_and_expire_by_themselves() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    let m = http()
-        .get(s.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = s.metrics().await;
     assert!(m.contains("bulwark_faults_injected_total"), "{m}");
 }
 

@@ -53,14 +53,7 @@ async fn peer_traffic_crosses_the_sidecars_and_a_dead_host_trips_its_peers_circu
         .await
         .unwrap();
     assert_eq!(r.bytes().await.unwrap(), data);
-    let m = http()
-        .get(hosts[0].sidecar.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = hosts[0].sidecar.metrics().await;
     assert!(
         m.lines().any(|l| l.contains("listener=\"peer-out\"") && l.starts_with("bulwark_requests_total")),
         "no peer traffic through host 1's outbound listener"

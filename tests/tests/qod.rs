@@ -85,15 +85,9 @@ async fn qod_header(r: &reqwest::Response) -> Option<String> {
 }
 
 async fn metric(s: &SidecarProc, name: &str) -> f64 {
-    let t = http()
-        .get(s.admin_url("/metrics"))
-        .send()
+    s.metrics()
         .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    t.lines()
+        .lines()
         .filter(|l| l.starts_with(name))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()

@@ -13,17 +13,6 @@ fn inbound(listen: std::net::SocketAddr, upstream: std::net::SocketAddr, policy:
     )
 }
 
-async fn metrics(s: &SidecarProc) -> String {
-    http()
-        .get(s.admin_url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn proxies_http1_and_h2c_streaming_both_ways() {
     let fx = Fixture::start().await;
@@ -65,7 +54,7 @@ async fn proxies_http1_and_h2c_streaming_both_ways() {
     assert_eq!(r.status(), 200);
     assert_eq!(r.text().await.unwrap(), "fixture");
 
-    let m = metrics(&s).await;
+    let m = s.metrics().await;
     assert!(m.contains("bulwark_requests_total{"), "{m}");
     assert!(m.contains("listener=\"api\""), "{m}");
     for path in ["/live", "/ready", "/config", "/circuits"] {
@@ -132,7 +121,7 @@ async fn a_client_over_its_rate_gets_429_while_others_are_served() {
     );
     let r = http().get(&url).bearer_auth("polite").send().await.unwrap();
     assert_eq!(r.status(), 200, "another client was throttled too");
-    assert!(metrics(&s).await.contains("throttled"));
+    assert!(s.metrics().await.contains("throttled"));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -465,7 +454,7 @@ async fn tcp_listeners_open_a_circuit_on_connect_failures() {
     // The upstream comes back, but the circuit is open: turned away without a connect.
     let up = tokio::net::TcpListener::bind(dead).await.unwrap();
     assert!(closed(listen));
-    let m = metrics(&s).await;
+    let m = s.metrics().await;
     assert!(
         m.contains("bulwark_proxy_errors_total{listener=\"nbd\",kind=\"circuit_open\"} 1"),
         "{m}"
@@ -502,7 +491,7 @@ async fn tcp_listeners_proxy_bytes_and_count_them() {
     c.read_to_end(&mut back).unwrap();
     assert_eq!(back, b"ping over tcp");
     let m = wait_for("byte counters", Duration::from_secs(5), || async {
-        let m = metrics(&s).await;
+        let m = s.metrics().await;
         m.contains("bulwark_tcp_bytes_total{listener=\"nbd\",direction=\"upstream\"} 13")
             .then_some(m)
     })
@@ -602,7 +591,8 @@ async fn sighup_reloads_the_config_file() {
             .status(),
         200
     );
-    assert!(metrics(&s)
+    assert!(s
+        .metrics()
         .await
         .contains("bulwark_config_reloads_total{result=\"ok\"} 1"));
 }

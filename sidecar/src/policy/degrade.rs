@@ -15,7 +15,7 @@ use crate::error::ProxyError;
 use crate::policy::cache::{self, CidCache};
 use crate::policy::outage::{OutageRegistry, Phase};
 use crate::policy::retry::{buffer, Buffered};
-use crate::policy::Maybe;
+use crate::policy::{boxed_call, Maybe};
 use crate::proxy::forward::Forward;
 use crate::{Request, Response};
 use futures::future::BoxFuture;
@@ -307,14 +307,6 @@ fn node_failed(r: &Result<Response, ProxyError>) -> bool {
     }
 }
 
-fn boxed_call<S>(inner: &mut S, req: Request) -> BoxFuture<'static, Result<Response, ProxyError>>
-where
-    S: tower::Service<Request, Response = Response, Error = ProxyError>,
-    S::Future: Send + 'static,
-{
-    Box::pin(inner.call(req))
-}
-
 impl<S> tower::Service<Request> for Degrade<S>
 where
     S: tower::Service<Request, Response = Response, Error = ProxyError> + Clone + Send + 'static,
@@ -381,14 +373,13 @@ where
             Some((Phase::Down, until)) => Some(until),
             _ => None,
         };
-        let already_failed_over = req.headers().contains_key(H_FAILOVER);
-        let read = on.is_read(&req) && !already_failed_over;
+        // A read a peer already failed over to us is not failed over again.
+        let read = on.is_read(&req) && !req.headers().contains_key(H_FAILOVER);
         if let Some(until) = down {
             if !read {
                 on.count("planned_outage_refused");
-                let retry_after = Duration::from_millis(
-                    until.saturating_sub(crate::policy::qod::blacklist::now_ms()),
-                );
+                let retry_after =
+                    Duration::from_millis(until.saturating_sub(crate::policy::now_ms()));
                 return Maybe::err(ProxyError::PlannedOutage { retry_after });
             }
         }

@@ -20,6 +20,28 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
+/// Boxes the inner future outside any `async` block: rustc cannot yet prove an async block holding
+/// `S::Future` is `Send` (the boxed error type's lifetime gets erased; rust#64552).
+pub(crate) fn boxed_call<S>(
+    inner: &mut S,
+    req: crate::Request,
+) -> BoxFuture<'static, Result<Response, ProxyError>>
+where
+    S: tower::Service<crate::Request, Response = Response, Error = ProxyError>,
+    S::Future: Send + 'static,
+{
+    Box::pin(inner.call(req))
+}
+
+/// Wall-clock milliseconds: for state shared with other processes (blacklist entries, outage
+/// schedules), where `tokio::time` would not mean the same instant on the peer.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 pin_project_lite::pin_project! {
     /// A layer's answer: the inner service's own future when the layer has nothing to do (no
     /// allocation: every request crosses every layer), or a boxed future on the rarer paths.

@@ -17,19 +17,13 @@
 //! cancels (the node is back at once, on every sidecar).
 
 use crate::error::ProxyError;
+use crate::policy::now_ms;
 use crate::{Request, Response};
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+use std::time::{Duration, UNIX_EPOCH};
 
 /// Longest window and schedule horizon accepted: a typo must not take a node out for a year.
 const MAX_WINDOW: Duration = Duration::from_secs(7 * 24 * 3600);

@@ -33,6 +33,7 @@
 //! retry from a new request.
 
 use crate::error::{ProxyError, TimeoutKind, H_ERROR};
+use crate::policy::boxed_call;
 use crate::policy::breaker::UpstreamName;
 use crate::{Body, BoxError, Request, Response};
 use bytes::{Bytes, BytesMut};
@@ -462,16 +463,6 @@ where
         }
         Err(_) => Err(deadline_error(sh, upstream)),
     }
-}
-
-/// Boxes the inner future outside any `async` block: rustc cannot yet prove an async block holding
-/// `S::Future` is `Send` (the boxed error type's lifetime gets erased; rust#64552).
-fn boxed_call<S>(inner: &mut S, req: Request) -> BoxFuture<'static, Result<Response, ProxyError>>
-where
-    S: Service<Request, Response = Response, Error = ProxyError>,
-    S::Future: Send + 'static,
-{
-    Box::pin(inner.call(req))
 }
 
 fn deadline_error(sh: &Shared, upstream: &Arc<str>) -> ProxyError {

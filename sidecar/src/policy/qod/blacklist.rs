@@ -10,14 +10,8 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::{SystemTime, UNIX_EPOCH};
 
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
+pub use crate::policy::now_ms;
 
 /// What the request that proved the entry looked like (bounded; secrets redacted).
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]

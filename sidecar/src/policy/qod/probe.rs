@@ -7,11 +7,10 @@ use super::state::RouteLatency;
 use super::{OnUnavailable, OutcomeLabels, QodConfig, QodMode, QodState, H_QOD};
 use crate::error::ProxyError;
 use crate::policy::retry::{buffer, Buffered};
-use crate::policy::Maybe;
+use crate::policy::{boxed_call, Maybe};
 use crate::proxy::forward::Forward;
 use crate::{Request, Response};
 use bytes::Bytes;
-use futures::future::BoxFuture;
 use http::HeaderValue;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -132,15 +131,6 @@ where
         }
         Poll::Ready(r)
     }
-}
-
-/// Boxes the inner future outside any `async` block (see `retry::boxed_call`, rust#64552).
-fn boxed_call<S>(inner: &mut S, req: Request) -> BoxFuture<'static, Result<Response, ProxyError>>
-where
-    S: tower::Service<Request, Response = Response, Error = ProxyError>,
-    S::Future: Send + 'static,
-{
-    Box::pin(inner.call(req))
 }
 
 fn is_safe(m: &http::Method) -> bool {
