@@ -24,7 +24,8 @@
 #   BUILD=1          cargo build --release -p sidecar first (BUILD=0: use the existing binary)
 #   SIDECAR=path     binary to test (default target/release/sidecar of this workspace)
 #   SIDECAR_B=path   a second binary (e.g. a candidate fix built elsewhere), run as target
-#                    "sidecar-b" with the plain config in the same interleaved run (an A/B)
+#                    "sidecar-b" with the plain config in the same interleaved run (an A/B);
+#                    SIDECAR_B_SED=sed-script edits its config (settings it does not know)
 #   PROFILE=0|1      1: after the runs, perf record -e cpu-clock of the sidecar at 1 KiB (flat and
 #                    call-graph reports into $OUT/perf-*.txt)
 #   QUIET_WAIT=30    seconds to wait for an idle machine before each measured run
@@ -146,6 +147,8 @@ render sidecar-qod.toml.in sidecar-qod.toml $P_SIDECAR_QOD $P_ADMIN_QOD
 "$SIDECAR" check "$RUN/sidecar-all.toml" >/dev/null
 if [ -n "$SIDECAR_B" ]; then
   render sidecar.toml.in sidecar-b.toml $P_SIDECAR_B $P_ADMIN_B
+  # An older binary may not know a newer setting: SIDECAR_B_SED='/worker_threads/d' edits its copy.
+  [ -z "${SIDECAR_B_SED:-}" ] || sed -i -e "$SIDECAR_B_SED" "$RUN/sidecar-b.toml"
   "$SIDECAR_B" check "$RUN/sidecar-b.toml" >/dev/null
 fi
 

@@ -50,7 +50,16 @@ pub struct Config {
     /// HTTP faults injected at start (same spec as `POST /faults`; the TTL counts from start).
     #[serde(rename = "fault")]
     pub faults: Vec<crate::policy::fault::FaultSpec>,
+    /// Runtime threads. A sidecar shares its node's cores, so it should not take all of them: `1`
+    /// runs everything on one thread (tokio's current-thread scheduler: no work stealing, no
+    /// cross-thread wake-ups — the cheapest per request, like HAProxy's `nbthread 1` or Envoy's
+    /// `--concurrency 1`); `0` (the default) means one per CPU. Read at start only: a reload that
+    /// changes it is refused with a message saying so.
+    pub worker_threads: usize,
 }
+
+/// A sidecar has no business with more threads than this; a typo like `4000` is caught.
+pub const MAX_WORKER_THREADS: usize = 256;
 
 /// `[mesh]`: the other sidecars of the cluster, as their admin addresses.
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
@@ -260,6 +269,12 @@ impl Config {
     }
 
     pub fn validate(&self) -> Result<(), String> {
+        if self.worker_threads > MAX_WORKER_THREADS {
+            return Err(format!(
+                "worker_threads must be ≤ {MAX_WORKER_THREADS} (got {}; 0 = one per CPU)",
+                self.worker_threads
+            ));
+        }
         if self.listeners.is_empty() {
             return Err("at least one [[listener]] is required".into());
         }

@@ -232,6 +232,11 @@ impl Shared {
                 "qod.state_file cannot change on reload; restart the sidecar".into(),
             );
         }
+        if old.worker_threads != new.worker_threads {
+            return self.reload_failed(
+                "worker_threads cannot change on reload; restart the sidecar".into(),
+            );
+        }
         if old.toxiproxy != new.toxiproxy {
             return self
                 .reload_failed("[toxiproxy] cannot change on reload; restart the sidecar".into());

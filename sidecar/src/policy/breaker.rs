@@ -66,6 +66,9 @@ impl UpstreamName {
     /// The key for a request: the edge's extension, else the URI authority (requests built without the
     /// edge, e.g. in tests), else one shared `default` circuit.
     pub fn of<B>(req: &http::Request<B>) -> Arc<str> {
+        if let Some(m) = crate::classify::RequestMeta::of(req) {
+            return m.upstream.clone();
+        }
         if let Some(UpstreamName(n)) = req.extensions().get::<UpstreamName>() {
             return n.clone();
         }

@@ -533,6 +533,9 @@ impl Matcher {
 /// The client's address: the `SocketAddr` request extension (the edge's remote address), else the
 /// address in [`ClientId::Addr`] (absent when the client sent a bearer token).
 fn peer_of(req: &Request) -> Option<IpAddr> {
+    if let Some(m) = crate::classify::RequestMeta::of(req) {
+        return Some(m.remote.ip());
+    }
     let ext = req.extensions();
     ext.get::<SocketAddr>()
         .map(|a| a.ip())

@@ -346,7 +346,7 @@ where
     fn admit(&self, req: &Request, class: TrafficClass) -> Result<(), ProxyError> {
         if let Some(limiter) = &self.per_client {
             self.maybe_sweep(limiter);
-            let key: ClientKey = req.extensions().get::<ClientId>().cloned();
+            let key: ClientKey = ClientId::of(req);
             if let Err(not_until) = limiter.check_key(&key) {
                 return Err(self.refuse(
                     "client",

@@ -1,15 +1,15 @@
-//! The innermost service: sends the request to its upstream over a pooled hyper client and streams the
-//! answer back. Connection failures become typed, local-origin errors for the breaker and retries.
+//! The innermost service: sends the request to its upstream over a pooled connection (`pool.rs`) and
+//! streams the answer back. Connection failures become typed, local-origin errors for the breaker and
+//! retries.
 
-use crate::error::{ProxyError, TimeoutKind};
-use crate::{Body, Request, Response};
+use crate::error::ProxyError;
+use crate::proxy::pool::Pool;
+use crate::{Request, Response};
 use futures::future::BoxFuture;
 use http::header::{self, HeaderName};
-use http::uri::{Authority, Scheme};
-use http::{HeaderMap, Uri, Version};
+use http::uri::{Authority, PathAndQuery};
+use http::{HeaderMap, HeaderValue, Uri, Version};
 use http_body_util::BodyExt;
-use hyper_util::client::legacy::{connect::HttpConnector, Client};
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -25,10 +25,12 @@ pub enum Target {
 
 #[derive(Clone)]
 pub struct Forward {
-    client: Client<HttpConnector, Body>,
+    pool: Pool,
     target: Target,
-    connect_timeout: Duration,
 }
+
+/// Idle upstream connections are closed after this (the node's own keep-alive is longer).
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Forward {
     pub fn new(target: Target, connect_timeout: Duration) -> Self {
@@ -38,19 +40,17 @@ impl Forward {
     /// `max_idle` 0: a fresh connection per request (canaries: a pooled connection to a canary
     /// that crashed since would fail the next probe for the wrong reason).
     pub fn with_pool(target: Target, connect_timeout: Duration, max_idle: usize) -> Self {
-        let mut conn = HttpConnector::new();
-        conn.set_connect_timeout(Some(connect_timeout));
-        conn.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .pool_max_idle_per_host(max_idle)
-            .timer(TokioTimer::new())
-            .pool_timer(TokioTimer::new())
-            .build(conn);
         Self {
-            client,
+            pool: Pool::new(
+                match &target {
+                    Target::Fixed(a) => Some(a.clone()),
+                    Target::ByAuthority(_) => None,
+                },
+                max_idle,
+                POOL_IDLE_TIMEOUT,
+                connect_timeout,
+            ),
             target,
-            connect_timeout,
         }
     }
 
@@ -85,30 +85,36 @@ impl Forward {
 }
 
 /// Headers that describe one connection, not the message (RFC 9110 §7.6.1).
-const HOP_BY_HOP: [HeaderName; 7] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-];
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    // A match on the lower-case name: a `const` array of `HeaderName`s was built, compared and
+    // dropped for every header of every message (4 % of the instructions per request).
+    matches!(
+        name.as_str(),
+        "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "proxy-authorization"
+            | "te"
+            | "transfer-encoding"
+            | "upgrade"
+    )
+}
 
 fn strip_hop_by_hop(h: &mut HeaderMap) {
-    // Common case, none present: one pass over the few names, no hashing, no allocation.
-    if !h.keys().any(|k| HOP_BY_HOP.contains(k)) {
+    // Common case, none present: one pass over the names, no hashing, no allocation.
+    if !h.keys().any(is_hop_by_hop) {
         return;
     }
     // Headers named in Connection are hop-by-hop too.
-    let named: Vec<HeaderName> = h
+    let mut named: Vec<HeaderName> = h
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
         .collect();
-    for n in HOP_BY_HOP.iter().chain(&named) {
+    named.extend(h.keys().filter(|k| is_hop_by_hop(k)).cloned());
+    for n in &named {
         h.remove(n);
     }
 }
@@ -127,56 +133,31 @@ impl tower::Service<Request> for Forward {
             Ok(a) => a,
             Err(e) => return Box::pin(async move { Err(e) }),
         };
-        let pq = req.uri().path_and_query().cloned();
-        let mut parts = http::uri::Parts::default();
-        parts.scheme = Some(Scheme::HTTP);
-        parts.authority = Some(auth.clone());
-        parts.path_and_query = pq.or_else(|| Some("/".parse().expect("path")));
-        *req.uri_mut() = Uri::from_parts(parts).expect("valid uri");
-        // The node side speaks HTTP/1.1; h2 clients are served by the sidecar.
+        // HTTP/1.1 to the upstream in origin form (`GET /path?q`), with a Host header: h2 clients
+        // send only `:authority`, which names this sidecar, so the upstream's name is used then.
+        let pq = req
+            .uri()
+            .path_and_query()
+            .cloned()
+            .unwrap_or_else(|| PathAndQuery::from_static("/"));
+        *req.uri_mut() = Uri::from(pq);
         *req.version_mut() = Version::HTTP_11;
         strip_hop_by_hop(req.headers_mut());
-        let client = self.client.clone();
-        let connect_timeout = self.connect_timeout;
-        Box::pin(async move {
-            let upstream = auth.to_string();
-            match client.request(req).await {
-                Ok(resp) => {
-                    let (mut parts, body) = resp.into_parts();
-                    strip_hop_by_hop(&mut parts.headers);
-                    Ok(Response::from_parts(
-                        parts,
-                        body.map_err(crate::box_err).boxed(),
-                    ))
-                }
-                Err(e) => Err(classify_error(upstream, &e, connect_timeout)),
+        if !req.headers().contains_key(header::HOST) {
+            if let Ok(v) = HeaderValue::from_str(auth.as_str()) {
+                req.headers_mut().insert(header::HOST, v);
             }
-        })
-    }
-}
-
-fn classify_error(
-    upstream: String,
-    e: &hyper_util::client::legacy::Error,
-    connect_timeout: Duration,
-) -> ProxyError {
-    let chain = error_chain(e);
-    if e.is_connect() {
-        if chain.contains("timed out") || chain.contains("TimedOut") {
-            return ProxyError::Timeout {
-                upstream,
-                kind: TimeoutKind::Connect,
-                after: connect_timeout,
-            };
         }
-        return ProxyError::Connect {
-            upstream,
-            msg: chain,
-        };
-    }
-    ProxyError::Upstream {
-        upstream,
-        msg: chain,
+        let pool = self.pool.clone();
+        Box::pin(async move {
+            let resp = pool.send(&auth, req).await?;
+            let (mut parts, body) = resp.into_parts();
+            strip_hop_by_hop(&mut parts.headers);
+            Ok(Response::from_parts(
+                parts,
+                body.map_err(crate::box_err).boxed(),
+            ))
+        })
     }
 }
 

@@ -8,7 +8,7 @@
 use crate::classify::ClientId;
 use crate::config::{Config, Direction, ListenerConfig};
 use crate::metrics::{status_class, ErrorLabels, ListenerLabels, RequestLabels, RouteLabels};
-use crate::policy::breaker::{BreakerLayer, UpstreamName};
+use crate::policy::breaker::BreakerLayer;
 use crate::policy::degrade::{DegradeDeps, DegradeLayer, Peer};
 use crate::policy::outage::OutageGateLayer;
 use crate::policy::qod::{Canary, QodFilterLayer, QodProbeLayer};
@@ -304,12 +304,13 @@ async fn handle_inner(
     let span = shared
         .tracing
         .then(|| crate::telemetry::request_span(&rt.listener.name, &route, h, &method));
-    let ext = req.extensions_mut();
-    ext.insert(class);
-    ext.insert(client);
-    ext.insert(remote);
-    ext.insert(UpstreamName(upstream.clone()));
-    ext.insert(crate::classify::RouteName(route.clone()));
+    req.extensions_mut().insert(crate::classify::RequestMeta {
+        class,
+        client,
+        remote,
+        upstream: upstream.clone(),
+        route: route.clone(),
+    });
     // Not `oneshot`: a held `Oneshot<S, _>` names `S::Future` through the trait, which trips
     // rustc's higher-ranked Send inference in spawned tasks; the boxed future is concrete.
     let mut svc = rt.stack.clone();

@@ -2,4 +2,5 @@
 
 pub mod forward;
 pub mod http;
+pub mod pool;
 pub mod tcp;

@@ -49,10 +49,7 @@ pub struct QodFilter<S> {
 }
 
 pub(super) fn route_of(req: &Request) -> Arc<str> {
-    req.extensions()
-        .get::<RouteName>()
-        .map(|r| r.0.clone())
-        .unwrap_or_else(|| Arc::from("other"))
+    RouteName::of(req).unwrap_or_else(|| Arc::from("other"))
 }
 
 impl<S> tower::Service<Request> for QodFilter<S>
