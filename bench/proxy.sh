@@ -21,8 +21,8 @@
 #   RATE=3000 RATE_SIZE=1k OHA_CONNS=16   fixed-rate run (RATE=0 skips it); needs oha
 #   INSTALL=1        apt-get install haproxy nginx-light wrk if missing; cargo install --locked oha
 #                    if missing (one-time, ~7 min on 2 cores; the anchors' tool; not in Debian)
-#   BUILD=1          cargo build --release -p sidecar first (BUILD=0: use the existing binary)
-#   SIDECAR=path     binary to test (default target/release/sidecar of this workspace)
+#   BUILD=1          cargo build --profile dist -p sidecar first (BUILD=0: use the existing binary)
+#   SIDECAR=path     binary to test (default target/dist/sidecar of this workspace: release + fat LTO)
 #   SIDECAR_B=path   a second binary (e.g. a candidate fix built elsewhere), run as target
 #                    "sidecar-b" with the plain config in the same interleaved run (an A/B);
 #                    SIDECAR_B_SED=sed-script edits its config (settings it does not know)
@@ -47,7 +47,7 @@ SIZES=${SIZES:-"1k 64k"}
 TARGETS=${TARGETS:-"direct sidecar sidecar-all haproxy nginx"}
 RATE=${RATE:-3000}; RATE_SIZE=${RATE_SIZE:-1k}; OHA_CONNS=${OHA_CONNS:-16}
 INSTALL=${INSTALL:-1}; BUILD=${BUILD:-1}; PROFILE=${PROFILE:-0}
-SIDECAR=${SIDECAR:-$ROOT/target/release/sidecar}
+SIDECAR=${SIDECAR:-$ROOT/target/dist/sidecar}
 OUT=${OUT:-$HERE/proxy/results/$(date -u +%Y%m%dT%H%M%SZ)}
 case $LAYOUT in
   A) CPU_LOAD=1; CPU_PROXY=0; CPU_BACKEND=0 ;;
@@ -98,7 +98,7 @@ if [ "$RATE" -gt 0 ] && ! have oha; then
   have oha || { echo "warning: oha not available; skipping the fixed-rate run" >&2; RATE=0; }
 fi
 if [ "$BUILD" = 1 ]; then
-  (cd "$ROOT" && cargo build --release -p sidecar --quiet)
+  (cd "$ROOT" && cargo build --profile dist -p sidecar --quiet)
 fi
 [ -x "$SIDECAR" ] || { echo "no sidecar binary at $SIDECAR (BUILD=1?)" >&2; exit 1; }
 

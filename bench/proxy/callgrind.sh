@@ -15,7 +15,7 @@ if [ -z "${_CG_BOUNDED:-}" ]; then exec env _CG_BOUNDED=1 timeout -k 10 "${TIMEO
 HERE=$(cd "$(dirname "$0")" && pwd); ROOT=$(cd "$HERE/../.." && pwd)
 N=${N:-20000}; WARMN=${WARMN:-2000}; C=${C:-16}; SIZE=${SIZE:-1k}
 TARGETS=${TARGETS:-"sidecar sidecar-all haproxy"}
-SIDECAR=${SIDECAR:-$ROOT/target/release/sidecar}
+SIDECAR=${SIDECAR:-$ROOT/target/dist/sidecar}
 OUT=${OUT:-$HERE/results/callgrind-$(date -u +%Y%m%dT%H%M%SZ)}
 P_BACKEND=18090; P_PROXY=18091; P_ADMIN=19911
 for t in valgrind callgrind_control nginx oha; do command -v $t >/dev/null || { echo "need $t" >&2; exit 1; }; done

@@ -397,15 +397,24 @@ pub struct SidecarProc {
 }
 
 impl SidecarProc {
-    /// `body` is the config without `[admin]`, which the harness adds with a free port.
+    /// `body` is the config without `[admin]`, which the harness adds with a free port (after the
+    /// body's top-level keys, which TOML needs before any table).
     pub fn start(dir: &Path, name: &str, body: &str) -> Self {
         Self::start_with_admin(dir, name, body, addr("127.0.0.1"))
     }
 
     pub fn start_with_admin(dir: &Path, name: &str, body: &str, admin: SocketAddr) -> Self {
         let config = dir.join(format!("{name}.toml"));
-        std::fs::write(&config, format!("[admin]\nlisten = \"{admin}\"\n\n{body}"))
-            .expect("write config");
+        let split = match body.starts_with('[') {
+            true => 0,
+            false => body.find("\n[").map_or(body.len(), |i| i + 1),
+        };
+        let (top, rest) = body.split_at(split);
+        std::fs::write(
+            &config,
+            format!("{top}[admin]\nlisten = \"{admin}\"\n\n{rest}"),
+        )
+        .expect("write config");
         let mut s = Self {
             config,
             admin,

@@ -66,6 +66,72 @@ async fn proxies_http1_and_h2c_streaming_both_ways() {
     }
 }
 
+/// `worker_threads = 1` runs the sidecar on tokio's current-thread scheduler (what the benchmark
+/// and a node's sidecar on a small host use): the same streaming, h2c and deadline behaviour.
+#[tokio::test(flavor = "multi_thread")]
+async fn one_thread_runtime_proxies_streams_and_keeps_deadlines() {
+    let fx = Fixture::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let listen = free_addr();
+    let policy = "[policy.retry]\nper_try_timeout = \"300ms\"\ndeadline = \"600ms\"\n";
+    let cfg = format!("worker_threads = 1\n{}", inbound(listen, fx.addr, policy));
+    let s = SidecarProc::start(dir.path(), "sc", &cfg);
+    s.wait_ready().await;
+    for i in 0..20 {
+        let r = http()
+            .get(format!("http://{listen}/ok?bytes={}", 1000 + i * 5000))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.bytes().await.unwrap().len(), 1000 + i * 5000);
+    }
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .no_proxy()
+        .build()
+        .unwrap();
+    let r = h2
+        .get(format!("http://{listen}/ok?bytes=70000"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    assert_eq!(r.bytes().await.unwrap().len(), 70_000);
+    let r = http()
+        .post(format!("http://{listen}/upload"))
+        .body(vec![1u8; 1 << 20])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.text().await.unwrap(), "fixture");
+    let r = http()
+        .get(format!("http://{listen}/slow?ms=5000"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 504);
+    assert_eq!(r.headers()["x-bulwark-error"], "timeout");
+    // A reload that tries to change the thread count is refused; the sidecar keeps serving.
+    let r = http().post(s.admin_url("/reload")).send().await.unwrap();
+    assert_eq!(r.status(), 200, "reload of the unchanged file");
+    let text = std::fs::read_to_string(&s.config).unwrap();
+    std::fs::write(
+        &s.config,
+        text.replace("worker_threads = 1", "worker_threads = 2"),
+    )
+    .unwrap();
+    let r = http().post(s.admin_url("/reload")).send().await.unwrap();
+    assert!(!r.status().is_success(), "{}", r.status());
+    assert!(r.text().await.unwrap().contains("worker_threads"));
+    let r = http()
+        .get(format!("http://{listen}/ok"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_slow_upstream_hits_the_deadline() {
     let fx = Fixture::start().await;
@@ -243,6 +309,7 @@ async fn bad_input_gets_clear_errors_and_the_sidecar_keeps_serving() {
         ("nonsense = [", "expected"),
         ("[[listener]]\nname = \"a\"\nlisten = \"127.0.0.1:1\"\n", "upstream"),
         ("[[listener]]\nname = \"a\"\nlisten = \"127.0.0.1:1\"\nupstream = \"x:1\"\n[policy.shed]\nclient_share = 7.0\n", "client_share"),
+        ("worker_threads = 1000\n[[listener]]\nname = \"a\"\nlisten = \"127.0.0.1:1\"\nupstream = \"x:1\"\n", "worker_threads"),
         ("[admin]\nlisten = \"0.0.0.0:9901\"\n[[listener]]\nname = \"a\"\nlisten = \"127.0.0.1:1\"\nupstream = \"x:1\"\n", "token"),
     ];
     for (i, (text, needle)) in cases.iter().enumerate() {
