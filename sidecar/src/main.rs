@@ -58,18 +58,17 @@ fn run(path: PathBuf) -> i32 {
             return EXIT_CONFIG;
         }
     };
-    let rt = match cfg.worker_threads {
-        1 => tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build(),
-        0 => tokio::runtime::Builder::new_multi_thread()
-            .enable_all()
-            .build(),
-        n => tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(n)
-            .enable_all()
-            .build(),
+    let mut builder = match cfg.worker_threads {
+        1 => tokio::runtime::Builder::new_current_thread(),
+        n => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            if n > 0 {
+                b.worker_threads(n);
+            }
+            b
+        }
     };
+    let rt = builder.enable_all().build();
     let rt = match rt {
         Ok(rt) => rt,
         Err(e) => {

@@ -13,6 +13,15 @@ fn inbound(listen: std::net::SocketAddr, upstream: std::net::SocketAddr, policy:
     )
 }
 
+/// An HTTP/2 client without TLS (prior knowledge), as h2c peers talk to the sidecar.
+fn h2c() -> reqwest::Client {
+    reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .no_proxy()
+        .build()
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn proxies_http1_and_h2c_streaming_both_ways() {
     let fx = Fixture::start().await;
@@ -30,11 +39,7 @@ async fn proxies_http1_and_h2c_streaming_both_ways() {
     assert!(r.headers().get("x-bulwark-error").is_none());
     assert_eq!(r.bytes().await.unwrap().len(), 300_000);
 
-    let h2 = reqwest::Client::builder()
-        .http2_prior_knowledge()
-        .no_proxy()
-        .build()
-        .unwrap();
+    let h2 = h2c();
     let r = h2
         .get(format!("http://{listen}/ok?bytes=70000"))
         .send()
@@ -86,11 +91,7 @@ async fn one_thread_runtime_proxies_streams_and_keeps_deadlines() {
         assert_eq!(r.status(), 200);
         assert_eq!(r.bytes().await.unwrap().len(), 1000 + i * 5000);
     }
-    let h2 = reqwest::Client::builder()
-        .http2_prior_knowledge()
-        .no_proxy()
-        .build()
-        .unwrap();
+    let h2 = h2c();
     let r = h2
         .get(format!("http://{listen}/ok?bytes=70000"))
         .send()

@@ -114,8 +114,8 @@ impl Pool {
         }
     }
 
-    /// Idle connections per upstream, for `/stats` and tests.
-    pub fn idle_count(&self, auth: &Authority) -> usize {
+    #[cfg(test)]
+    fn idle_count(&self, auth: &Authority) -> usize {
         lock(&self.host(auth).idle).len()
     }
 
