@@ -290,8 +290,17 @@ mod tests {
         let f = dir.path().join("qod.json");
         let b = Blacklist::open(Some(&f), 100).unwrap();
         assert_eq!(b.merge(entry(7, 1, 60_000)), Merge::New);
-        assert_eq!(b.merge(entry(8, 1, 1)), Merge::New);
-        std::thread::sleep(std::time::Duration::from_millis(5));
+        // Long enough to be live when merged on a loaded machine (1 ms was not), then waited out.
+        let short = entry(8, 1, 200);
+        let expires = short.expires_ms;
+        assert_eq!(b.merge(short), Merge::New);
+        for _ in 0..100 {
+            if now_ms() > expires {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        assert!(now_ms() > expires);
         let b = Blacklist::open(Some(&f), 100).unwrap();
         assert!(b.matching(7, now_ms()).is_some());
         assert!(b.get(8).is_none(), "expired entries are not loaded");
