@@ -156,6 +156,9 @@ pub struct BlockService {
     pub brownout: Arc<crate::brownout::Brownout>,
     /// Written by the recovery loop, read by health and status.
     pub scan: RwLock<super::recovery::ScanReport>,
+    /// Replicas the last recovery round saw behind an object's latest version, with the version
+    /// they had: see `recovery::round` (a replica is only stale once it stops advancing).
+    pub(crate) behind: Mutex<HashMap<(ObjectKey, String), u64>>,
 }
 
 /// Largest payload of one batch to a peer (the peer listener accepts 16 MiB bodies).
@@ -183,6 +186,7 @@ impl BlockService {
             stats: Stats::default(),
             brownout: Arc::default(),
             scan: RwLock::new(Default::default()),
+            behind: Mutex::new(HashMap::new()),
         }))
     }
 
