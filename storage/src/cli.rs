@@ -434,6 +434,10 @@ pub struct ConfigFlags {
     /// Block service: deadline of one replicated I/O (e.g. 5s).
     #[arg(long, value_parser = humantime::parse_duration)]
     pub op_timeout: Option<Duration>,
+    /// Block service: how long replicas that had not answered an acknowledged write still get,
+    /// with the object's next write held back (e.g. 250ms).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub replica_grace: Option<Duration>,
     /// Block service: how often degraded objects are looked for and recovered (e.g. 1s).
     #[arg(long, value_parser = humantime::parse_duration)]
     pub recovery_interval: Option<Duration>,
@@ -488,6 +492,9 @@ impl ConfigFlags {
         }
         if let Some(v) = self.op_timeout {
             c.block.op_timeout = v;
+        }
+        if let Some(v) = self.replica_grace {
+            c.block.replica_grace = v;
         }
         if let Some(v) = self.recovery_interval {
             c.block.recovery_interval = v;

@@ -44,8 +44,9 @@ pub struct BlockConfig {
     /// HTTP 503) instead of hanging as a Ceph client without `rados_osd_op_timeout` does.
     #[serde(with = "humantime_serde")]
     pub op_timeout: Duration,
-    /// Once `min_size` replicas acknowledged a write, wait at most this much longer for the
-    /// remaining up replicas before acknowledging (the late ones are recovered in the background).
+    /// A write is acknowledged as soon as `min_size` replicas made it durable; the remaining up
+    /// replicas get this much longer to answer, while the object's next write waits (so every
+    /// replica applies an object's writes in order). One that misses it is recovered later.
     #[serde(with = "humantime_serde")]
     pub replica_grace: Duration,
     /// A node down this long is marked out and its objects are re-replicated elsewhere

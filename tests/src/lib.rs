@@ -497,16 +497,32 @@ impl MeshHost {
 /// `n` hosts on loopback, like `deploy/local/cluster` but on free ports. `policy` is extra sidecar
 /// TOML (e.g. breaker settings).
 pub async fn start_mesh(dir: &Path, n: usize, policy: &str) -> Vec<MeshHost> {
-    start_mesh_with(dir, n, policy, false).await
+    start_mesh_with(dir, n, policy, false, &[]).await
+}
+
+/// Like [`start_mesh`], with extra `storage init` flags for every node.
+pub async fn start_mesh_nodes(
+    dir: &Path,
+    n: usize,
+    policy: &str,
+    node_flags: &[&str],
+) -> Vec<MeshHost> {
+    start_mesh_with(dir, n, policy, false, node_flags).await
 }
 
 /// Like [`start_mesh`], with graceful degradation wired as in `deploy/local`: each sidecar knows
 /// the others' admin APIs (`[mesh] peers`) and fails reads over to the other hosts' RPC ports.
 pub async fn start_mesh_degrading(dir: &Path, n: usize, policy: &str) -> Vec<MeshHost> {
-    start_mesh_with(dir, n, policy, true).await
+    start_mesh_with(dir, n, policy, true, &[]).await
 }
 
-async fn start_mesh_with(dir: &Path, n: usize, policy: &str, degrade: bool) -> Vec<MeshHost> {
+async fn start_mesh_with(
+    dir: &Path,
+    n: usize,
+    policy: &str,
+    degrade: bool,
+    node_flags: &[&str],
+) -> Vec<MeshHost> {
     let key = Cluster::key_file(dir, "swarm.key");
     type Pubs = (SocketAddr, SocketAddr, SocketAddr, SocketAddr, SocketAddr);
     let pubs: Vec<Pubs> = (0..n)
@@ -530,6 +546,7 @@ async fn start_mesh_with(dir: &Path, n: usize, policy: &str, degrade: bool) -> V
             "--outbound-proxy".to_string(),
             out.to_string(),
         ];
+        extra.extend(node_flags.iter().map(|f| f.to_string()));
         if i > 0 {
             extra.extend(["--bootstrap".to_string(), pubs[0].2.to_string()]);
         }

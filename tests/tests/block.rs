@@ -2,7 +2,7 @@
 //! from qemu-utils), kill -9 during writes, two nodes down, on-disk corruption and scrub, bad input.
 
 use bulwark_e2e::*;
-use serde_json::Value;
+use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
@@ -532,5 +532,105 @@ async fn steady_writes_cause_no_recovery() {
         copied, 0,
         "recovery copied objects although no replica missed a write"
     );
+    wait_health(api, "HEALTH_OK", Duration::from_secs(10)).await;
+}
+
+/// A write is acknowledged once `min_size` replicas made it durable, not when the slowest one
+/// answers: with node3's replication traffic delayed 3 s by its sidecar and a replica_grace far
+/// longer than that, a write returns while node3 still holds the old bytes. The object's next
+/// write still reaches node3 after it: node3 ends with the last write by itself, without
+/// recovery (whose interval is set longer than the test; a replica that got the writes out of
+/// order would refuse the later one as stale and keep the old bytes until recovery).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn write_is_acknowledged_without_waiting_for_the_slowest_replica() {
+    let dir = tempfile::tempdir().unwrap();
+    let hosts = start_mesh_nodes(
+        dir.path(),
+        3,
+        "",
+        &[
+            "--replica-grace",
+            "20s",
+            "--op-timeout",
+            "30s",
+            "--recovery-interval",
+            "60s",
+        ],
+    )
+    .await;
+    let api = hosts[0].rpc;
+    let (code, out) = cli_at(
+        api,
+        &["pool", "create", "slow", "--size", "3", "--min-size", "2"],
+    );
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = cli_at(api, &["image", "create", "slow/img", "--size", "4M"]);
+    assert_eq!(code, 0, "{out}");
+    let info: Value = http()
+        .get(format!("http://{api}/block/v1/images/slow/img"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let file = object_file(
+        &hosts[2].node.data,
+        info["pool_id"].as_u64().unwrap(),
+        info["id"].as_str().unwrap(),
+        0,
+    );
+    let head = |f: &Path| {
+        std::fs::read(f)
+            .map(|b| b[..4096].to_vec())
+            .unwrap_or_default()
+    };
+    let (a, b, c) = (vec![0xaau8; 4096], vec![0xbbu8; 4096], vec![0xccu8; 4096]);
+    assert_eq!(put_data(api, "slow/img", 0, a.clone()).await.status(), 204);
+    wait_for(
+        "node3 to hold the first write",
+        Duration::from_secs(10),
+        || {
+            let ok = head(&file) == a;
+            async move { ok.then_some(()) }
+        },
+    )
+    .await;
+
+    let fault = json!({"id": "slow-node3", "kind": {"type": "delay", "fixed_ms": 3000},
+        "route": "/peer/v1/block/ops", "ttl": "1m"});
+    let r = http()
+        .post(hosts[2].sidecar.admin_url("/faults"))
+        .json(&fault)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    let r = put_data(api, "slow/img", 0, b.clone()).await;
+    assert_eq!(r.status(), 204, "{}", r.text().await.unwrap());
+    assert_eq!(
+        head(&file),
+        a,
+        "acknowledged only after the delayed replica had applied it"
+    );
+    // The next write of the object waits for node3's answer to the last one, then goes to all.
+    let r = put_data(api, "slow/img", 0, c.clone()).await;
+    assert_eq!(r.status(), 204, "{}", r.text().await.unwrap());
+    http()
+        .delete(hosts[2].sidecar.admin_url("/faults/slow-node3"))
+        .send()
+        .await
+        .unwrap();
+    wait_for(
+        "node3 to apply both writes in order",
+        Duration::from_secs(20),
+        || {
+            let ok = head(&file) == c;
+            async move { ok.then_some(()) }
+        },
+    )
+    .await;
+    let got = get_range(hosts[2].rpc, "slow/img", "0-4095").await;
+    assert_eq!(got.bytes().await.unwrap()[..], c[..]);
     wait_health(api, "HEALTH_OK", Duration::from_secs(10)).await;
 }

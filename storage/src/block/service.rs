@@ -22,12 +22,13 @@ use super::{ObjectKey, CHUNK_SIZE};
 use crate::config::BlockConfig;
 use crate::node::Node;
 use bytes::{Bytes, BytesMut};
+use futures::stream::{FuturesUnordered, StreamExt};
 use std::collections::{HashMap, HashSet};
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
-use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::sync::{mpsc, oneshot, OwnedMutexGuard, Semaphore};
 
 /// Why a block operation failed; turned into HTTP answers in `api::error` and NBD errnos in `nbd_export`.
 #[derive(Debug, thiserror::Error, Clone)]
@@ -477,7 +478,7 @@ impl BlockService {
     }
 
     pub async fn image_resize(
-        &self,
+        self: &Arc<Self>,
         spec: &str,
         size: u64,
         allow_shrink: bool,
@@ -615,7 +616,7 @@ impl BlockService {
     }
 
     pub async fn io_write(
-        &self,
+        self: &Arc<Self>,
         pool: &Pool,
         img: &Image,
         off: u64,
@@ -627,7 +628,7 @@ impl BlockService {
     }
 
     pub async fn io_zero(
-        &self,
+        self: &Arc<Self>,
         pool: &Pool,
         img: &Image,
         off: u64,
@@ -638,7 +639,7 @@ impl BlockService {
     }
 
     pub async fn io_trim(
-        &self,
+        self: &Arc<Self>,
         pool: &Pool,
         img: &Image,
         off: u64,
@@ -649,7 +650,7 @@ impl BlockService {
     }
 
     async fn io_mutate(
-        &self,
+        self: &Arc<Self>,
         pool: &Pool,
         img: &Image,
         off: u64,
@@ -812,7 +813,7 @@ impl BlockService {
 
     #[allow(clippy::too_many_arguments)]
     async fn write_obj(
-        &self,
+        self: &Arc<Self>,
         map: &ClusterMap,
         pool: &Pool,
         img: &Image,
@@ -845,8 +846,7 @@ impl BlockService {
                 "node {full} is full (block.full_ratio); writes are refused until space is freed"
             )));
         }
-        let obj = st.obj(objno);
-        let mut s = obj.lock().await;
+        let mut s = st.obj(objno).lock_owned().await;
         for attempt in 0..2 {
             if s.version.is_none() {
                 let (v, cur) = self.discover(map, &key, &up, pool.min_size).await?;
@@ -867,10 +867,12 @@ impl BlockService {
                 kind,
                 len,
             };
-            let (acked, conflict) = self.replicate(map, pool, &up, req, payload.clone()).await;
+            let (acked, conflict, rest) =
+                self.replicate(map, pool, &up, req, payload.clone()).await;
             if (acked.len() as u32) >= pool.min_size {
                 s.version = Some(new);
                 s.current = acked;
+                self.finish_tail(s, rest);
                 return Ok(());
             }
             s.version = None;
@@ -888,57 +890,57 @@ impl BlockService {
         unreachable!("the loop returns")
     }
 
-    /// Sends one write to every up replica; returns who acknowledged it and whether a version
-    /// conflict (another writer) was seen. After `min_size` acknowledgements the rest get
-    /// `replica_grace` more.
+    /// Sends one write to every up replica and returns once `min_size` of them acknowledged it,
+    /// or all answered: who acknowledged, whether a version conflict (another writer) was seen,
+    /// and the replicas still working on it. The client is acknowledged then, with the write
+    /// durable on `min_size` replicas; the rest finish under the object's lock (`finish_tail`).
+    /// Waiting for every replica made the slowest one's commit set every write's latency.
     async fn replicate(
-        &self,
+        self: &Arc<Self>,
         map: &ClusterMap,
         pool: &Pool,
         up: &[String],
         req: OpReq,
         payload: Bytes,
-    ) -> (Vec<String>, bool) {
-        use futures::stream::{FuturesUnordered, StreamExt};
-        let mut pending: FuturesUnordered<_> = up
+    ) -> (Vec<String>, bool, FuturesUnordered<ReplicaOp>) {
+        let mut pending: FuturesUnordered<ReplicaOp> = up
             .iter()
-            .map(|r| {
-                let req = req.clone();
-                let payload = payload.clone();
-                async move { (r.clone(), self.op(map, r, req, payload).await) }
-            })
+            .map(|r| self.op_owned(map, r, req.clone(), payload.clone()))
             .collect();
         let mut acked = Vec::new();
         let mut conflict = false;
-        let mut grace: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
-        loop {
-            let next = match grace.as_mut() {
-                Some(g) => tokio::select! {
-                    n = pending.next() => n,
-                    _ = g => None,
-                },
-                None => pending.next().await,
+        while (acked.len() as u32) < pool.min_size {
+            let Some((r, res)) = pending.next().await else {
+                break;
             };
-            let Some((r, res)) = next else { break };
-            match res {
-                Ok((OpResp::Applied | OpResp::AlreadyApplied, _)) => acked.push(r),
-                Ok((OpResp::Conflict { have }, _)) => {
-                    tracing::warn!(replica = %r, have, "version conflict: another writer changed the object");
-                    conflict = true;
-                }
-                Ok((OpResp::Stale { have }, _)) => {
-                    tracing::debug!(replica = %r, have, "replica is stale; recovery will bring it up to date");
-                }
-                Ok((other, _)) => {
-                    tracing::warn!(replica = %r, answer = ?other, "replica refused a write")
-                }
-                Err(e) => tracing::debug!(replica = %r, error = %e, "replica write failed"),
-            }
-            if grace.is_none() && acked.len() as u32 >= pool.min_size {
-                grace = Some(Box::pin(tokio::time::sleep(self.cfg.replica_grace)));
+            if write_acked(&r, res, &mut conflict) {
+                acked.push(r);
             }
         }
-        (acked, conflict)
+        (acked, conflict, pending)
+    }
+
+    /// Gives the replicas that had not answered an acknowledged write `replica_grace` more,
+    /// holding the object's lock meanwhile: the object's next write (or a read learning its
+    /// version) waits for them, so every replica still sees its writes in order, and one that
+    /// answers in time counts as current. One that does not is left to recovery, as before.
+    fn finish_tail(&self, mut s: OwnedMutexGuard<ObjState>, mut rest: FuturesUnordered<ReplicaOp>) {
+        if rest.is_empty() {
+            return;
+        }
+        let grace = self.cfg.replica_grace;
+        tokio::spawn(async move {
+            let late = async {
+                let mut conflict = false;
+                while let Some((r, res)) = rest.next().await {
+                    if write_acked(&r, res, &mut conflict) {
+                        s.current.push(r);
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(grace, late).await;
+            drop(s);
+        });
     }
 
     fn full_replica(&self, map: &ClusterMap, up: &[String]) -> Option<String> {
@@ -1047,7 +1049,40 @@ impl BlockService {
             .addr(replica)
             .ok_or_else(|| format!("unknown node {replica}"))?
             .to_string();
-        let tx = self.sender(&addr);
+        self.op_remote(replica, &addr, req, payload).await
+    }
+
+    /// [`Self::op`] as a future that owns what it needs, so it can outlive its caller.
+    fn op_owned(
+        self: &Arc<Self>,
+        map: &ClusterMap,
+        replica: &str,
+        req: OpReq,
+        payload: Bytes,
+    ) -> ReplicaOp {
+        let me = self.clone();
+        let replica = replica.to_string();
+        let addr = map.addr(&replica).map(str::to_string);
+        Box::pin(async move {
+            let res = if replica == me.me() {
+                Ok(me.exec(req, payload).await)
+            } else if let Some(addr) = addr {
+                me.op_remote(&replica, &addr, req, payload).await
+            } else {
+                Err(format!("unknown node {replica}"))
+            };
+            (replica, res)
+        })
+    }
+
+    async fn op_remote(
+        &self,
+        replica: &str,
+        addr: &str,
+        req: OpReq,
+        payload: Bytes,
+    ) -> Result<(OpResp, Bytes), String> {
+        let tx = self.sender(addr);
         let (otx, orx) = oneshot::channel();
         tx.send(Pending {
             req,
@@ -1207,6 +1242,27 @@ impl BlockService {
         .await;
         Ok(wire::encode(&results))
     }
+}
+
+/// One replica's answer to an operation, tagged with the replica.
+type ReplicaOp = futures::future::BoxFuture<'static, (String, Result<(OpResp, Bytes), String>)>;
+
+/// Whether a replica's answer to a write acknowledges it; logs the others (a conflict, meaning
+/// another writer changed the object, is also reported through `conflict`).
+fn write_acked(r: &str, res: Result<(OpResp, Bytes), String>, conflict: &mut bool) -> bool {
+    match res {
+        Ok((OpResp::Applied | OpResp::AlreadyApplied, _)) => return true,
+        Ok((OpResp::Conflict { have }, _)) => {
+            tracing::warn!(replica = %r, have, "version conflict: another writer changed the object");
+            *conflict = true;
+        }
+        Ok((OpResp::Stale { have }, _)) => {
+            tracing::debug!(replica = %r, have, "replica is stale; recovery will bring it up to date");
+        }
+        Ok((other, _)) => tracing::warn!(replica = %r, answer = ?other, "replica refused a write"),
+        Err(e) => tracing::debug!(replica = %r, error = %e, "replica write failed"),
+    }
+    false
 }
 
 /// The service, for tasks spawned from `&self` methods (set once at start).
