@@ -31,6 +31,8 @@
 #   BULWARK_API=127.0.0.11:5001  BULWARK_URI=nbd://127.0.0.11:10809/bench/img
 #   BULWARK_REUSE=0    1: use a local cluster that is already up (and leave it up); 0: refuse, since
 #                      this script tears down (`deploy/local/cluster down`) the cluster it starts
+#   BULWARK_MIN_SIZE=2 the Bulwark pool's min_size: 3 makes every write wait for all three replicas,
+#                      as Ceph's acknowledgement does
 #   QUIET_WAIT=20      seconds to wait for an idle machine before each target (warning only)
 #   OUT=dir            results directory (default bench/block/results/<timestamp>)
 #   TIMEOUT=3600       bound on the whole script, seconds
@@ -48,7 +50,7 @@ fi
 # The knobs set for this run, to print the command line in summary.md.
 SET_KNOBS=
 for v in TARGETS RUNTIME RAMP REGION_MIB QEMU_CACHE QEMU_AIO CEPH_STORE CEPH_DEVICE_CLASS CEPH_OSD_BYTES \
-         CEPH_PG CEPH_TOOL BULWARK_URI BULWARK_REUSE BUILD; do
+         CEPH_PG CEPH_TOOL BULWARK_URI BULWARK_REUSE BULWARK_MIN_SIZE BUILD; do
   [ -n "${!v+x}" ] && SET_KNOBS="$SET_KNOBS$v=\"${!v}\" "
 done
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -61,6 +63,7 @@ CEPH_TOOL=${CEPH_TOOL:-auto}
 BULWARK_API=${BULWARK_API:-127.0.0.11:5001}
 BULWARK_URI=${BULWARK_URI:-nbd://127.0.0.11:10809/bench/img}
 BULWARK_REUSE=${BULWARK_REUSE:-0}
+BULWARK_MIN_SIZE=${BULWARK_MIN_SIZE:-2}
 OUT=${OUT:-$HERE/block/results/$(date -u +%Y%m%dT%H%M%SZ)}
 POOL=bench; IMAGE=img
 JOBS="randwrite randread seqwrite seqread"
@@ -283,7 +286,7 @@ start_ceph() {
 
 # The one place that knows the block CLI and the export name; adjust here when they settle.
 bulwark_create_image() {
-  "$STORAGE" --api "$BULWARK_API" pool create "$POOL" --size 3 --min-size 2
+  "$STORAGE" --api "$BULWARK_API" pool create "$POOL" --size 3 --min-size "$BULWARK_MIN_SIZE"
   "$STORAGE" --api "$BULWARK_API" image create "$POOL/$IMAGE" --size "${REGION_MIB}M"
 }
 start_bulwark() {
@@ -315,7 +318,7 @@ declare -A LABEL=([qemu-nbd]="qemu-nbd" [ceph]="Ceph RBD" [bulwark]="Bulwark")
 declare -A ACK=(
   [qemu-nbd]="qemu-nbd $(qemu-nbd --version 2>/dev/null | head -1 | awk '{print $2}'), raw file (preallocated, ${REGION_MIB} MiB) on the root fs, \`--cache=$QEMU_CACHE --aio=$QEMU_AIO\`; one copy, no network hop beyond loopback: the no-replication limit. $(case $QEMU_CACHE in directsync|writethrough) echo "Every write is O_DSYNC: durable when acknowledged." ;; *) echo "**Not durable when acknowledged** (no O_DSYNC; the client sends no FLUSH)." ;; esac)"
   [ceph]="Ceph $(ceph --version 2>/dev/null | awk '{print $3}') (Debian), 1 mon + 1 mgr + 3 OSDs on one host, ${CEPH_STORE:-bluestore} on ${CEPH_OSD_BYTES:-4294967296}-byte files on the root fs (device class: ${CEPH_DEVICE_CLASS:-auto}), pool size 3 / min_size 2, failure domain osd, ${CEPH_PG:-32} PGs, image ${REGION_MIB} MiB (4 MiB objects), librbd cache off. A write is acknowledged once all 3 replicas committed it$( [ "${CEPH_STORE:-bluestore}" = memstore ] && echo " — **to RAM (memstore): not durable**"). Client: $( [ "$CEPH_TOOL" = rbd-bench ] && echo "\`rbd bench\`" || echo "fio ioengine=rbd (librbd runs inside fio, so its CPU counts as client CPU)")."
-  [bulwark]="Bulwark (release build, this tree), 3 nodes on 127.0.0.11–13 each behind its sidecar (\`deploy/local/cluster up\`), pool size 3 / min_size 2 (failure domain: the server's default, host = node address), image ${REGION_MIB} MiB (default 4 MiB objects), NBD \`$BULWARK_URI\`. A write is acknowledged once durable on min_size replicas (storage/src/block/nbd.rs, BlockDevice)."
+  [bulwark]="Bulwark (release build, this tree), 3 nodes on 127.0.0.11–13 each behind its sidecar (\`deploy/local/cluster up\`), pool size 3 / min_size $BULWARK_MIN_SIZE (failure domain: the server's default, host = node address), image ${REGION_MIB} MiB (default 4 MiB objects), NBD \`$BULWARK_URI\`. A write is acknowledged once durable on min_size ($BULWARK_MIN_SIZE) replicas$( [ "$BULWARK_MIN_SIZE" = 3 ] && echo ", i.e. on all 3, as Ceph does" || echo "; the third gets up to block.replica_grace (250 ms) more, without holding the acknowledgement (Ceph waits for all 3)") (storage/src/block/service.rs, write_obj)."
 )
 TSVT=$OUT/targets.tsv
 echo -e "target\tlabel\tack" >"$TSVT"
