@@ -15,6 +15,7 @@
 #
 # Environment knobs:
 #   TARGETS="qemu-nbd ceph bulwark"  RUNTIME=30  RAMP=2 (s, excluded from the figures)
+#   JOBS="randwrite randread seqwrite seqread"   a subset runs only those (the prefill always runs)
 #   REGION_MIB=256     image size and the region every job touches (from offset 0)
 #   INSTALL=1          apt-get install what is missing (fio, ceph, qemu-utils, uuid-runtime); sudo if
 #                      not root. INSTALL=0: fail instead
@@ -50,7 +51,7 @@ fi
 # The knobs set for this run, to print the command line in summary.md.
 SET_KNOBS=
 for v in TARGETS RUNTIME RAMP REGION_MIB QEMU_CACHE QEMU_AIO CEPH_STORE CEPH_DEVICE_CLASS CEPH_OSD_BYTES \
-         CEPH_PG CEPH_TOOL BULWARK_URI BULWARK_REUSE BULWARK_MIN_SIZE BUILD; do
+         CEPH_PG CEPH_TOOL BULWARK_URI BULWARK_REUSE BULWARK_MIN_SIZE JOBS BUILD; do
   [ -n "${!v+x}" ] && SET_KNOBS="$SET_KNOBS$v=\"${!v}\" "
 done
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -66,7 +67,10 @@ BULWARK_REUSE=${BULWARK_REUSE:-0}
 BULWARK_MIN_SIZE=${BULWARK_MIN_SIZE:-2}
 OUT=${OUT:-$HERE/block/results/$(date -u +%Y%m%dT%H%M%SZ)}
 POOL=bench; IMAGE=img
-JOBS="randwrite randread seqwrite seqread"
+JOBS=${JOBS:-"randwrite randread seqwrite seqread"}
+for j in $JOBS; do
+  case $j in randwrite|randread|seqwrite|seqread) ;; *) echo "unknown job '$j' (randwrite randread seqwrite seqread)" >&2; exit 2 ;; esac
+done
 export POOL IMAGE
 export IMAGE_SIZE=${REGION_MIB}M
 for t in $TARGETS; do
