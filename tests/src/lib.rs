@@ -301,6 +301,15 @@ pub fn http() -> reqwest::Client {
         .expect("client")
 }
 
+/// GET `url` and parse the answer as JSON; panics (failing the test) on any error.
+pub async fn get_json(url: &str) -> serde_json::Value {
+    let r = http().get(url).send().await.expect("GET");
+    let status = r.status();
+    let text = r.text().await.expect("body");
+    serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("GET {url}: {status}, not JSON ({e}): {text}"))
+}
+
 /// A cluster of nodes sharing one swarm key, node 0 bootstrapping the others.
 pub struct Cluster {
     pub dir: tempfile::TempDir,

@@ -281,14 +281,7 @@ async fn corrupt_replica_is_never_served_and_scrub_repairs_it() {
     let data = test_bytes(256 * 1024, 7);
     let put = put_data(api, "rbd/img", 0, data.clone()).await;
     assert_eq!(put.status(), 204, "{}", put.text().await.unwrap());
-    let info: Value = http()
-        .get(format!("http://{api}/block/v1/images/rbd/img"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let info = get_json(&format!("http://{api}/block/v1/images/rbd/img")).await;
     let file = object_file(
         &c.nodes[1].data,
         info["pool_id"].as_u64().unwrap(),
@@ -516,14 +509,7 @@ async fn steady_writes_cause_no_recovery() {
     tokio::time::sleep(Duration::from_millis(3500)).await;
     let mut copied = 0;
     for h in &hosts {
-        let v: Value = http()
-            .get(format!("http://{}/block/v1/status", h.rpc))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let v = get_json(&format!("http://{}/block/v1/status", h.rpc)).await;
         copied += v["recovery"]["recovered_objects"]
             .as_u64()
             .expect("status has recovery");
@@ -566,14 +552,7 @@ async fn write_is_acknowledged_without_waiting_for_the_slowest_replica() {
     assert_eq!(code, 0, "{out}");
     let (code, out) = cli_at(api, &["image", "create", "slow/img", "--size", "4M"]);
     assert_eq!(code, 0, "{out}");
-    let info: Value = http()
-        .get(format!("http://{api}/block/v1/images/slow/img"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let info = get_json(&format!("http://{api}/block/v1/images/slow/img")).await;
     let file = object_file(
         &hosts[2].node.data,
         info["pool_id"].as_u64().unwrap(),
