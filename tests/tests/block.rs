@@ -260,6 +260,13 @@ async fn nbd_through_sidecars_survives_node_loss_and_recovers() {
     );
 }
 
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_millis() as u64
+}
+
 fn object_file(node: &Path, pool_id: u64, image_id: &str, objno: u64) -> std::path::PathBuf {
     node.join("blocks")
         .join("objects")
@@ -505,8 +512,27 @@ async fn steady_writes_cause_no_recovery() {
     while let Some(r) = writers.join_next().await {
         r.expect("writer");
     }
-    // Let three more rounds run after the last write, then ask every node what it copied.
-    tokio::time::sleep(Duration::from_millis(3500)).await;
+    // Wait until every node has started a round 3 s after the last write: the round before it
+    // (≥ 2 s after, its "previous round" ≥ 1 s after) had all its inventories from after the
+    // writes and finished its copies. Then ask every node what it copied.
+    let quiet_from = unix_ms() + 3000;
+    wait_for(
+        "a recovery round 3 s after the last write on every node",
+        Duration::from_secs(20),
+        || {
+            let hosts = &hosts;
+            async move {
+                for h in hosts {
+                    let v = get_json(&format!("http://{}/block/v1/status", h.rpc)).await;
+                    if v["scan_at_ms"].as_u64()? < quiet_from {
+                        return None;
+                    }
+                }
+                Some(())
+            }
+        },
+    )
+    .await;
     let mut copied = 0;
     for h in &hosts {
         let v = get_json(&format!("http://{}/block/v1/status", h.rpc)).await;
@@ -564,17 +590,16 @@ async fn write_is_acknowledged_without_waiting_for_the_slowest_replica() {
             .map(|b| b[..4096].to_vec())
             .unwrap_or_default()
     };
+    let wait_head = |what: &'static str, want: Vec<u8>, limit: u64| {
+        let file = file.clone();
+        wait_for(what, Duration::from_secs(limit), move || {
+            let ok = head(&file) == want;
+            async move { ok.then_some(()) }
+        })
+    };
     let (a, b, c) = (vec![0xaau8; 4096], vec![0xbbu8; 4096], vec![0xccu8; 4096]);
     assert_eq!(put_data(api, "slow/img", 0, a.clone()).await.status(), 204);
-    wait_for(
-        "node3 to hold the first write",
-        Duration::from_secs(10),
-        || {
-            let ok = head(&file) == a;
-            async move { ok.then_some(()) }
-        },
-    )
-    .await;
+    wait_head("node3 to hold the first write", a.clone(), 10).await;
 
     let fault = json!({"id": "slow-node3", "kind": {"type": "delay", "fixed_ms": 3000},
         "route": "/peer/v1/block/ops", "ttl": "1m"});
@@ -600,15 +625,7 @@ async fn write_is_acknowledged_without_waiting_for_the_slowest_replica() {
         .send()
         .await
         .unwrap();
-    wait_for(
-        "node3 to apply both writes in order",
-        Duration::from_secs(20),
-        || {
-            let ok = head(&file) == c;
-            async move { ok.then_some(()) }
-        },
-    )
-    .await;
+    wait_head("node3 to apply both writes in order", c.clone(), 20).await;
     let got = get_range(hosts[2].rpc, "slow/img", "0-4095").await;
     assert_eq!(got.bytes().await.unwrap()[..], c[..]);
     wait_health(api, "HEALTH_OK", Duration::from_secs(10)).await;
