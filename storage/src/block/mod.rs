@@ -5,6 +5,7 @@
 //! Module map, one concern each:
 //! - [`placement`]: object → placement group → ordered acting set (rendezvous hashing, failure domain).
 //! - [`objstore`]: this node's replicas: object files + per-chunk CRC32C + versions, group commit.
+//! - `wal`: the object store's write-ahead log files (checksummed frames, two generations).
 //! - [`nbd`]: the NBD server (fixed newstyle), generic over [`nbd::ExportProvider`].
 //! - [`meta`]: pools and images, replicated on every node (LWW records).
 //! - [`wire`]: batched replica operations between nodes.
@@ -21,6 +22,7 @@ pub mod objstore;
 pub mod placement;
 pub mod recovery;
 pub mod service;
+mod wal;
 pub mod wire;
 
 /// Data is checksummed and versioned per chunk of this size inside an object.

@@ -5,7 +5,9 @@
 //! - `dir/objects/<pool>/<image>.<%016x objno>`: the object's bytes at their offsets (a sparse file
 //!   that may be shorter than the object; whatever is missing reads as zeros).
 //! - `dir/objects.redb`: table `objects` (key → version + one CRC32C per 4 KiB chunk, holes marked in
-//!   a bitmap) and table `object_info` (key → version + used bytes).
+//!   a bitmap), table `object_info` (key → version + used bytes) and table `wal_state` (the log's
+//!   `applied` mark).
+//! - `dir/wal0.log`, `dir/wal1.log`: the two generations of the write-ahead log ([`super::wal`]).
 //!
 //! # Decisions
 //! - **Data in files, metadata in redb.** Object data is large and overwritten in place; a B-tree
@@ -34,14 +36,19 @@
 //!   file, which [`ObjStore::open`] deletes.
 //! - **Write-ahead log for small writes.** Syncing every touched file costs one fdatasync per
 //!   object (≈165 µs each here; 16 random 4 KiB writes touch ~16 objects), so writes up to 256 KiB
-//!   instead put their bytes into a `wal` table of the same redb transaction as their metadata: one
-//!   commit makes the whole batch durable, and their files are written but not synced. A background
-//!   checkpoint thread (every 32 MiB or 5 s) syncs those files outside the writer's path and then
-//!   lets the writer delete the records up to where it started, so the writer never stalls on it.
-//!   Any other kind of operation (import, removal, big write) first checkpoints synchronously, so a
-//!   replay never re-applies an old small write over newer bytes. [`ObjStore::open`] replays the table in order — records
-//!   are absolute bytes at absolute offsets, so replaying what already reached the file is harmless.
-//!   Bigger writes keep the data-then-metadata order above.
+//!   instead go as records into a log file ([`super::wal`]): one `pwrite` and one `fdatasync` make
+//!   the whole batch durable, and neither their object files nor their metadata rows are written
+//!   durably then. A record is the write's whole effect on the object — new version, which chunks
+//!   became data or holes, the data — so replaying it restores both file bytes and metadata.
+//!   Until a checkpoint their metadata lives in an in-memory cache (entries marked dirty); a
+//!   background checkpoint thread (every 32 MiB or 5 s) syncs their files outside the writer's
+//!   path, and the writer's next batch then commits the dirty metadata to redb together with the
+//!   `applied` mark (the last record whose data is synced), after which that log generation is
+//!   reused. Any other kind of operation (import, removal, big write) first checkpoints
+//!   synchronously, so a replay never re-applies an old small write over newer bytes.
+//!   [`ObjStore::open`] replays the records after `applied` in order — absolute bytes and chunk
+//!   states, so replaying what already reached the file or the table is harmless. Bigger writes
+//!   keep the data-then-metadata order above.
 //! - **Group commit.** One fdatasync costs ≈165 µs on the reference disk, so at queue depth 16 a
 //!   commit per write would serialise on the disk. All mutations go to one writer thread, which
 //!   takes everything queued (up to 256 operations or 64 MiB of payload), applies them in arrival
@@ -56,12 +63,16 @@
 //!   reader never sees that window (it would report false corruption).
 //! - **In-memory index** (`BTreeMap`, ordered so listings need no sort) of version and used bytes,
 //!   loaded from the small `object_info` table at open; listing, `info` and `stats` do no I/O.
+//! - **Metadata cache.** Decoded per-object metadata of recently used objects (at most
+//!   [`META_CACHE_CAP`] clean entries, plus every dirty one: bounded by what one checkpoint
+//!   interval writes), so a 4 KiB read or write does not open a redb transaction and decode 4 KiB
+//!   of CRCs each time.
 //! - **Unaligned writes** read-modify-write their edge chunks, verifying them first: a corrupt edge
 //!   chunk fails the write with `Corrupt` rather than blessing rotten bytes with a fresh CRC.
 
-use super::{ObjectKey, CHUNK_SIZE};
+use super::{wal, ObjectKey, CHUNK_SIZE};
 use bytes::Bytes;
-use redb::{Database, Durability, ReadableTable, Table, TableDefinition};
+use redb::{Database, Durability, ReadableTable, TableDefinition};
 use sha2::{Digest, Sha256};
 use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -79,21 +90,23 @@ use tokio::sync::{mpsc, oneshot};
 const OBJECTS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("objects");
 /// key → version (u64 LE) ‖ used bytes (u64 LE): small, so the index loads fast at open.
 const OBJECT_INFO: TableDefinition<&[u8], &[u8]> = TableDefinition::new("object_info");
-/// Write-ahead records of small writes: `seq → [u16 key len][key][u64 offset][data]`.
-const WAL: TableDefinition<u64, &[u8]> = TableDefinition::new("wal");
-/// The log's second generation. Writes append to the active one; a finished checkpoint drops the
-/// other whole (`delete_table`), which costs a walk of its pages instead of a B-tree delete per
-/// record (`retain_in` over the checkpointed range was ~18% of a replica's CPU under 4K writes).
-const WAL1: TableDefinition<u64, &[u8]> = TableDefinition::new("wal1");
-const WAL_GENS: [TableDefinition<u64, &[u8]>; 2] = [WAL, WAL1];
-/// Writes up to this size go through the write-ahead table (one redb commit makes a whole batch of
+/// The redb write-ahead tables of stores written before the log moved to files: replayed once at
+/// open (`seq → [u16 key len][key][u64 offset][data]`) and then dropped.
+const LEGACY_WAL: [TableDefinition<u64, &[u8]>; 2] =
+    [TableDefinition::new("wal"), TableDefinition::new("wal1")];
+/// `"applied"` → the last log sequence number whose data is in synced files and whose metadata is
+/// committed in [`OBJECTS`]; replay starts after it.
+const WAL_STATE: TableDefinition<&str, u64> = TableDefinition::new("wal_state");
+const WAL_FILES: [&str; 2] = ["wal0.log", "wal1.log"];
+/// Clean entries the metadata cache keeps (~8 KiB each for a 4 MiB object).
+const META_CACHE_CAP: usize = 1024;
+/// Writes up to this size go through the write-ahead log (one `fdatasync` makes a whole batch of
 /// them durable); bigger ones are `fdatasync`ed in their object files.
 const WAL_MAX_OP: u64 = 256 << 10;
 /// Checkpoint (sync the object files, empty the write-ahead table) after this many bytes...
 const WAL_CHECKPOINT_BYTES: u64 = 32 << 20;
 /// ...or this long after the previous checkpoint.
 const WAL_CHECKPOINT_AGE: std::time::Duration = std::time::Duration::from_secs(5);
-type ObjTable<'t> = Table<'t, &'static [u8], &'static [u8]>;
 
 const CS: u64 = CHUNK_SIZE as u64;
 const LOCK_STRIPES: usize = 1024;
@@ -477,6 +490,60 @@ impl FileCache {
     }
 }
 
+/// Decoded metadata of recently used objects. `dirty`: newer than the [`OBJECTS`] row (written
+/// through the log and not yet checkpointed); only clean entries are evicted.
+#[derive(Default)]
+struct MetaCache {
+    map: HashMap<ObjectKey, (Arc<ObjMeta>, bool)>,
+}
+
+impl MetaCache {
+    fn get(&self, key: &ObjectKey) -> Option<Arc<ObjMeta>> {
+        self.map.get(key).map(|(m, _)| m.clone())
+    }
+
+    /// Adds a clean entry read from redb, unless the cache is full or has the key already.
+    fn fill(&mut self, key: &ObjectKey, m: &Arc<ObjMeta>) {
+        if self.map.len() < META_CACHE_CAP {
+            self.map
+                .entry(key.clone())
+                .or_insert_with(|| (m.clone(), false));
+        }
+    }
+
+    fn dirty(&self) -> Vec<(ObjectKey, Arc<ObjMeta>)> {
+        self.map
+            .iter()
+            .filter(|(_, (_, d))| *d)
+            .map(|(k, (m, _))| (k.clone(), m.clone()))
+            .collect()
+    }
+
+    /// After those entries were committed: clean, unless replaced since.
+    fn mark_clean(&mut self, committed: &[(ObjectKey, Arc<ObjMeta>)]) {
+        for (k, m) in committed {
+            if let Some((cur, d)) = self.map.get_mut(k) {
+                if Arc::ptr_eq(cur, m) {
+                    *d = false;
+                }
+            }
+        }
+    }
+
+    fn evict(&mut self) {
+        let mut excess = self.map.len().saturating_sub(META_CACHE_CAP);
+        if excess > 0 {
+            self.map.retain(|_, (_, d)| {
+                let keep = *d || excess == 0;
+                if !keep {
+                    excess -= 1;
+                }
+                keep
+            });
+        }
+    }
+}
+
 struct Inner {
     dir: PathBuf,
     objects_dir: PathBuf,
@@ -485,49 +552,71 @@ struct Inner {
     index: RwLock<Index>,
     locks: Vec<RwLock<()>>,
     files: Mutex<FileCache>,
+    metas: Mutex<MetaCache>,
     batches: AtomicU64,
-    /// Files written through the write-ahead table and not yet synced, and the table's state.
+    /// The write-ahead log and the files written through it and not yet synced.
     wal: Mutex<WalState>,
 }
 
+/// A finished background checkpoint, for the writer to commit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Checkpointed {
+    /// The generation whose records it covers (all of it: nothing newer went there).
+    gen: usize,
+    /// Its last record.
+    seq: u64,
+}
+
 struct WalState {
+    logs: [wal::LogFile; 2],
+    /// The generation (index into `logs`) new records go to.
+    active: usize,
+    /// The last record written.
+    seq: u64,
+    /// The `applied` mark as committed in redb.
+    applied: u64,
+    /// Bytes logged since the last checkpoint.
+    bytes: u64,
     lazy: HashMap<ObjectKey, Arc<File>>,
     dirs: HashSet<PathBuf>,
-    seq: u64,
-    bytes: u64,
     last_checkpoint: std::time::Instant,
     /// Files a background checkpoint is syncing (a synchronous checkpoint syncs them too).
     syncing: Vec<Arc<File>>,
     syncing_dirs: HashSet<PathBuf>,
-    /// The generation (index into [`WAL_GENS`]) new records go to.
-    active: usize,
-    /// Set by a finished background checkpoint: this generation's records are all in synced
-    /// files; the writer drops the table in its next transaction.
-    done_gen: Option<usize>,
-    /// A background checkpoint failed: the writer's next transaction checkpoints synchronously
-    /// (its error then fails that batch, so no write is acknowledged over a broken disk).
+    /// Bumped by every synchronous checkpoint: a background one that started before it finds a
+    /// different epoch when it ends and is dropped (the synchronous one covered it).
+    epoch: u64,
+    done: Option<Checkpointed>,
+    /// A background checkpoint (or its commit) failed: the writer's next batch checkpoints
+    /// synchronously (its error then fails that batch, so no write is acknowledged over a broken
+    /// disk).
     force_sync: bool,
+    /// Appending to the log failed: no more writes until the store is reopened (see [`wal`]).
+    broken: Option<String>,
     stop: bool,
 }
 
 /// Checkpoints in the background, so the writer never stalls on syncing many files: take the
-/// set of written-but-unsynced files and the log's current sequence, sync them outside the lock,
-/// then let the writer delete the records up to that sequence in its next transaction.
-///
-/// Generations: at the snapshot the active generation flips, so every record the snapshot covers
-/// is in the other table and nothing newer is; after the sync that table is dropped whole.
+/// set of written-but-unsynced files and the log's last sequence number, flip the active
+/// generation, sync the files outside the lock, then let the writer commit the metadata and the
+/// `applied` mark in its next batch and reuse the old generation.
 fn checkpointer(inner: std::sync::Weak<Inner>) {
     loop {
         std::thread::sleep(std::time::Duration::from_millis(200));
         let Some(inner) = inner.upgrade() else { return };
-        let (files, dirs, old) = {
+        let (files, dirs, snap, epoch) = {
             let mut w = lock(&inner.wal);
             if w.stop {
                 return;
             }
             let due = w.bytes > WAL_CHECKPOINT_BYTES
                 || (w.last_checkpoint.elapsed() > WAL_CHECKPOINT_AGE && !w.lazy.is_empty());
-            if !due || !w.syncing.is_empty() || w.done_gen.is_some() || w.force_sync {
+            if !due
+                || !w.syncing.is_empty()
+                || w.done.is_some()
+                || w.force_sync
+                || w.broken.is_some()
+            {
                 continue;
             }
             let files: Vec<(ObjectKey, Arc<File>)> = w.lazy.drain().collect();
@@ -536,9 +625,12 @@ fn checkpointer(inner: std::sync::Weak<Inner>) {
             w.syncing_dirs = dirs.clone();
             w.bytes = 0;
             w.last_checkpoint = std::time::Instant::now();
-            let old = w.active;
+            let snap = Checkpointed {
+                gen: w.active,
+                seq: w.seq,
+            };
             w.active ^= 1;
-            (files, dirs, old)
+            (files, dirs, snap, w.epoch)
         };
         let mut ok = true;
         for (_, f) in &files {
@@ -558,8 +650,10 @@ fn checkpointer(inner: std::sync::Weak<Inner>) {
         let mut w = lock(&inner.wal);
         w.syncing.clear();
         w.syncing_dirs.clear();
-        if ok {
-            w.done_gen = Some(old);
+        if w.epoch != epoch {
+            // A synchronous checkpoint ran meanwhile and covered all of this.
+        } else if ok {
+            w.done = Some(snap);
         } else {
             // Keep the files owed a sync; the writer retries synchronously.
             for (k, f) in files {
@@ -583,6 +677,7 @@ fn drop_cached(f: &File) {
     }
 }
 
+#[cfg(test)]
 fn encode_wal(key: &ObjectKey, pos: u64, data: &[u8]) -> Vec<u8> {
     let k = encode_key(key);
     let mut out = Vec::with_capacity(2 + k.len() + 8 + data.len());
@@ -598,6 +693,55 @@ fn decode_wal(b: &[u8]) -> Option<(ObjectKey, u64, &[u8])> {
     let key = decode_key(b.get(2..2 + n)?)?;
     let pos = u64::from_be_bytes(b.get(2 + n..10 + n)?.try_into().ok()?);
     Some((key, pos, b.get(10 + n..)?))
+}
+
+/// Payload of a log record: one small write's whole effect on its object, so that replay restores
+/// file bytes and metadata alike. `key len u16 LE ‖ key ‖ version u64 LE ‖ first chunk u64 LE ‖
+/// n u32 LE ‖ n flags (1 = data, 0 = hole) ‖ the data chunks, CHUNK_SIZE bytes each`. CRCs are not
+/// stored: the frame's own CRC covers the record, and replay recomputes them from the data.
+fn encode_record(out: &mut Vec<u8>, key: &ObjectKey, version: u64, plan: &[(u64, Chunk)]) {
+    let k = encode_key(key);
+    out.extend_from_slice(&(k.len() as u16).to_le_bytes());
+    out.extend_from_slice(&k);
+    out.extend_from_slice(&version.to_le_bytes());
+    out.extend_from_slice(&plan.first().map_or(0, |(c, _)| *c).to_le_bytes());
+    out.extend_from_slice(&(plan.len() as u32).to_le_bytes());
+    out.extend(plan.iter().map(|(_, ch)| u8::from(ch.crc().is_some())));
+    for (_, ch) in plan {
+        if let Chunk::Data { bytes, .. } = ch {
+            out.extend_from_slice(bytes);
+        }
+    }
+}
+
+struct Record<'a> {
+    key: ObjectKey,
+    version: u64,
+    first: u64,
+    flags: &'a [u8],
+    data: &'a [u8],
+}
+
+fn decode_record(b: &[u8]) -> Option<Record<'_>> {
+    let kn = u16::from_le_bytes(b.get(..2)?.try_into().ok()?) as usize;
+    let key = decode_key(b.get(2..2 + kn)?)?;
+    let rest = b.get(2 + kn..)?;
+    let version = u64::from_le_bytes(rest.get(..8)?.try_into().ok()?);
+    let first = u64::from_le_bytes(rest.get(8..16)?.try_into().ok()?);
+    let n = u32::from_le_bytes(rest.get(16..20)?.try_into().ok()?) as usize;
+    let flags = rest.get(20..20 + n)?;
+    let data = rest.get(20 + n..)?;
+    let chunks = flags.iter().filter(|&&f| f == 1).count();
+    if flags.iter().any(|&f| f > 1) || data.len() != chunks * CHUNK_SIZE {
+        return None;
+    }
+    Some(Record {
+        key,
+        version,
+        first,
+        flags,
+        data,
+    })
 }
 
 /// A sparse-object chunk as a mutation leaves it.
@@ -672,26 +816,14 @@ struct Batch {
     touched: HashMap<ObjectKey, Arc<File>>,
     dirs: HashSet<PathBuf>,
     unlink: HashSet<ObjectKey>,
-    /// The op being applied logs its data to the write-ahead table instead of syncing its file.
-    wal_mode: bool,
-    wal: Vec<(ObjectKey, u64, Bytes)>,
-    /// Objects written (or truncated) outside the write-ahead table: synced before the commit.
-    direct: HashSet<ObjectKey>,
+    /// The batch goes through the write-ahead log: each write appends its record to `log`.
+    logged: bool,
+    log: Vec<u8>,
+    /// The last sequence number given to a record of `log`.
+    seq: u64,
 }
 
 impl Batch {
-    fn get(&mut self, table: &ObjTable, key: &ObjectKey) -> Result<Option<ObjMeta>, ObjError> {
-        if let Some(m) = self.working.get(key) {
-            return Ok(m.clone());
-        }
-        let m = match table.get(encode_key(key).as_slice())? {
-            Some(v) => Some(ObjMeta::decode(v.value())?),
-            None => None,
-        };
-        self.working.insert(key.clone(), m.clone());
-        Ok(m)
-    }
-
     fn put(&mut self, key: &ObjectKey, m: Option<ObjMeta>) {
         self.working.insert(key.clone(), m);
         self.dirty.insert(key.clone());
@@ -739,6 +871,30 @@ impl Inner {
         v.map(|v| ObjMeta::decode(v.value())).transpose()
     }
 
+    /// The object's current metadata: the cache (which holds every entry newer than redb), else
+    /// redb. Callers hold the object's stripe, so the writer cannot change it meanwhile.
+    fn meta(&self, key: &ObjectKey) -> Result<Option<Arc<ObjMeta>>, ObjError> {
+        if let Some(m) = lock(&self.metas).get(key) {
+            return Ok(Some(m));
+        }
+        let Some(m) = self.load_meta(key)? else {
+            return Ok(None);
+        };
+        let m = Arc::new(m);
+        lock(&self.metas).fill(key, &m);
+        Ok(Some(m))
+    }
+
+    /// The metadata a batch sees: its own changes first.
+    fn working_meta(&self, st: &mut Batch, key: &ObjectKey) -> Result<Option<ObjMeta>, ObjError> {
+        if let Some(m) = st.working.get(key) {
+            return Ok(m.clone());
+        }
+        let m = self.meta(key)?.map(|m| (*m).clone());
+        st.working.insert(key.clone(), m.clone());
+        Ok(m)
+    }
+
     /// Reads chunks `c0..c1` into a zeroed buffer and checks the CRC of every data chunk; returns
     /// the buffer and the chunks that failed.
     fn read_chunks(
@@ -784,7 +940,7 @@ impl Inner {
 
     fn read_range(&self, key: &ObjectKey, offset: u64, len: u64) -> Result<(u64, Bytes), ObjError> {
         let _g = read_lock(&self.locks[stripe(key)]);
-        let Some(meta) = self.load_meta(key)? else {
+        let Some(meta) = self.meta(key)? else {
             return Ok((0, Bytes::from(vec![0u8; len as usize])));
         };
         if len == 0 {
@@ -809,11 +965,11 @@ impl Inner {
     /// The whole object (chunks `0..n`), with the chunks that failed their CRC.
     fn read_whole(&self, key: &ObjectKey) -> Result<Option<(ObjMeta, Bytes, Vec<u64>)>, ObjError> {
         let _g = read_lock(&self.locks[stripe(key)]);
-        let Some(meta) = self.load_meta(key)? else {
+        let Some(meta) = self.meta(key)? else {
             return Ok(None);
         };
         let (buf, bad) = self.read_chunks(key, &meta, 0, meta.crcs.len() as u64)?;
-        Ok(Some((meta, Bytes::from(buf), bad)))
+        Ok(Some(((*meta).clone(), Bytes::from(buf), bad)))
     }
 
     fn read_verified(&self, key: &ObjectKey) -> Result<Option<(ObjMeta, Bytes)>, ObjError> {
@@ -835,7 +991,7 @@ impl Inner {
         let mut st = Batch::default();
         match self.apply_batch(&ops, &mut st) {
             Ok(results) => {
-                self.publish(&st);
+                self.publish(st);
                 for (reply, r) in replies.into_iter().zip(results) {
                     let _ = reply.send(r);
                 }
@@ -876,54 +1032,112 @@ impl Inner {
         ops: &[Op],
         st: &mut Batch,
     ) -> Result<Vec<Result<Done, ObjError>>, ObjError> {
-        let mut tx = self.db.begin_write()?;
-        tx.set_durability(Durability::Immediate);
-        // Anything but small writes (imports, removals, big writes) first makes the files of the
-        // logged writes durable and empties the log, so a replay can never re-apply an old small
-        // write over what such an op wrote. So do size and age, to bound the replay.
         let mut wal = lock(&self.wal);
-        let plain = ops.iter().all(|op| match op {
+        if let Some(why) = &wal.broken {
+            return Err(ObjError::Io(format!(
+                "the write-ahead log failed ({why}); this replica refuses writes until it is restarted"
+            )));
+        }
+        let small = ops.iter().all(|op| match op {
             Op::Write(w) => w.m.span() <= WAL_MAX_OP,
             _ => false,
         });
-        if !plain || wal.bytes > 4 * WAL_CHECKPOINT_BYTES || wal.force_sync {
-            // Synchronous checkpoint (also when the background one falls far behind).
-            for f in wal.lazy.values().chain(wal.syncing.iter()) {
-                f.sync_data()?;
-            }
-            for d in wal.dirs.iter().chain(wal.syncing_dirs.iter()) {
-                sync_dir(d)?;
-            }
-            for t in WAL_GENS {
-                tx.delete_table(t)?;
-            }
-            wal.lazy.clear();
-            wal.dirs.clear();
-            wal.bytes = 0;
-            wal.done_gen = None;
-            wal.force_sync = false;
-            wal.last_checkpoint = std::time::Instant::now();
-        } else if let Some(g) = wal.done_gen.take() {
-            tx.delete_table(WAL_GENS[g])?;
+        // Also checkpoint synchronously when the background one falls far behind.
+        if small && wal.bytes <= 4 * WAL_CHECKPOINT_BYTES && !wal.force_sync {
+            self.apply_logged(ops, st, &mut wal)
+        } else {
+            self.apply_direct(ops, st, &mut wal)
         }
+    }
+
+    /// Small writes only: their records go to the active log generation, one append for the batch.
+    fn apply_logged(
+        &self,
+        ops: &[Op],
+        st: &mut Batch,
+        wal: &mut WalState,
+    ) -> Result<Vec<Result<Done, ObjError>>, ObjError> {
+        if let Some(c) = wal.done.take() {
+            self.finish_checkpoint(wal, c)?;
+        }
+        st.logged = true;
+        st.seq = wal.seq;
+        let results: Vec<_> = ops.iter().map(|op| self.apply_op(st, op)).collect();
+        if !st.log.is_empty() {
+            let active = wal.active;
+            if let Err(e) = wal.logs[active].append(&st.log) {
+                tracing::error!(error = %e, "cannot append to the write-ahead log; refusing writes until restarted");
+                wal.broken = Some(e.to_string());
+                return Err(e.into());
+            }
+            wal.seq = st.seq;
+            wal.bytes += st.log.len() as u64;
+        }
+        for (k, f) in &st.touched {
+            wal.lazy.insert(k.clone(), f.clone());
+        }
+        wal.dirs.extend(st.dirs.iter().cloned());
+        Ok(results)
+    }
+
+    /// Commits a finished background checkpoint: the dirty metadata and the `applied` mark, after
+    /// which the checkpointed generation is reused.
+    fn finish_checkpoint(&self, wal: &mut WalState, c: Checkpointed) -> Result<(), ObjError> {
+        let dirty = lock(&self.metas).dirty();
+        let commit = || -> Result<(), ObjError> {
+            let mut tx = self.db.begin_write()?;
+            tx.set_durability(Durability::Immediate);
+            {
+                let mut table = tx.open_table(OBJECTS)?;
+                let mut info = tx.open_table(OBJECT_INFO)?;
+                for (key, m) in &dirty {
+                    let k = encode_key(key);
+                    table.insert(k.as_slice(), m.encode().as_slice())?;
+                    info.insert(k.as_slice(), encode_info(&m.info()).as_slice())?;
+                }
+                tx.open_table(WAL_STATE)?.insert("applied", c.seq)?;
+            }
+            tx.commit()?;
+            Ok(())
+        };
+        if let Err(e) = commit() {
+            // The generation cannot be reused yet; the next batch checkpoints synchronously.
+            wal.force_sync = true;
+            return Err(e);
+        }
+        lock(&self.metas).mark_clean(&dirty);
+        wal.logs[c.gen].rewind();
+        wal.applied = c.seq;
+        Ok(())
+    }
+
+    /// Anything but a batch of small writes: a synchronous checkpoint (every logged write's file
+    /// synced, the dirty metadata committed), then each op with data-then-metadata durability, in
+    /// the same redb transaction.
+    fn apply_direct(
+        &self,
+        ops: &[Op],
+        st: &mut Batch,
+        wal: &mut WalState,
+    ) -> Result<Vec<Result<Done, ObjError>>, ObjError> {
+        for f in wal.lazy.values().chain(wal.syncing.iter()) {
+            f.sync_data()?;
+        }
+        for d in wal.dirs.iter().chain(wal.syncing_dirs.iter()) {
+            sync_dir(d)?;
+        }
+        let dirty = lock(&self.metas).dirty();
+        let mut tx = self.db.begin_write()?;
+        tx.set_durability(Durability::Immediate);
         let results = {
             let mut table = tx.open_table(OBJECTS)?;
             let mut info = tx.open_table(OBJECT_INFO)?;
-            let results: Vec<_> = ops
-                .iter()
-                .map(|op| {
-                    st.wal_mode = matches!(op, Op::Write(w) if w.m.span() <= WAL_MAX_OP);
-                    let r = self.apply_op(&table, st, op);
-                    st.wal_mode = false;
-                    r
-                })
-                .collect();
-            let mut log = tx.open_table(WAL_GENS[wal.active])?;
-            for (key, pos, data) in st.wal.drain(..) {
-                wal.seq += 1;
-                wal.bytes += data.len() as u64;
-                log.insert(wal.seq, encode_wal(&key, pos, &data).as_slice())?;
+            for (key, m) in &dirty {
+                let k = encode_key(key);
+                table.insert(k.as_slice(), m.encode().as_slice())?;
+                info.insert(k.as_slice(), encode_info(&m.info()).as_slice())?;
             }
+            let results: Vec<_> = ops.iter().map(|op| self.apply_op(st, op)).collect();
             for key in &st.dirty {
                 let k = encode_key(key);
                 match st.working.get(key) {
@@ -937,28 +1151,34 @@ impl Inner {
                     }
                 }
             }
+            tx.open_table(WAL_STATE)?.insert("applied", wal.seq)?;
             results
         };
-        for (k, f) in &st.touched {
-            if st.direct.contains(k) {
-                f.sync_data()?;
-            } else {
-                wal.lazy.insert(k.clone(), f.clone());
-            }
+        for f in st.touched.values() {
+            f.sync_data()?;
         }
-        if st.direct.is_empty() {
-            wal.dirs.extend(st.dirs.iter().cloned());
-        } else {
-            for d in &st.dirs {
-                sync_dir(d)?;
-            }
+        for d in &st.dirs {
+            sync_dir(d)?;
         }
         tx.commit()?;
+        lock(&self.metas).mark_clean(&dirty);
+        for log in &mut wal.logs {
+            log.rewind();
+        }
+        wal.applied = wal.seq;
+        wal.epoch += 1;
+        wal.done = None;
+        wal.lazy.clear();
+        wal.dirs.clear();
+        wal.bytes = 0;
+        wal.force_sync = false;
+        wal.last_checkpoint = std::time::Instant::now();
         Ok(results)
     }
 
-    /// After the commit: make the batch visible in the index and unlink removed objects' files.
-    fn publish(&self, st: &Batch) {
+    /// After the commit: make the batch visible in the index and the metadata cache, and unlink
+    /// removed objects' files.
+    fn publish(&self, st: Batch) {
         {
             let mut idx = write_lock(&self.index);
             for key in &st.dirty {
@@ -967,6 +1187,21 @@ impl Inner {
                     _ => idx.remove(key),
                 }
             }
+        }
+        {
+            let mut metas = lock(&self.metas);
+            let mut working = st.working;
+            for key in &st.dirty {
+                match working.remove(key).flatten() {
+                    Some(m) => {
+                        metas.map.insert(key.clone(), (Arc::new(m), st.logged));
+                    }
+                    None => {
+                        metas.map.remove(key);
+                    }
+                }
+            }
+            metas.evict();
         }
         for key in &st.unlink {
             lock(&self.files).remove(key);
@@ -981,9 +1216,9 @@ impl Inner {
         }
     }
 
-    fn apply_op(&self, table: &ObjTable, st: &mut Batch, op: &Op) -> Result<Done, ObjError> {
+    fn apply_op(&self, st: &mut Batch, op: &Op) -> Result<Done, ObjError> {
         match op {
-            Op::Write(w) => self.apply_write(table, st, w).map(Done::Write),
+            Op::Write(w) => self.apply_write(st, w).map(Done::Write),
             Op::Import(key, img) => self.apply_import(st, key, img).map(|()| Done::Unit),
             Op::Remove(key) => {
                 st.put(key, None);
@@ -1013,7 +1248,7 @@ impl Inner {
                 );
                 let mut removed = 0;
                 for key in keys {
-                    if st.get(table, &key)?.is_some() {
+                    if self.working_meta(st, &key)?.is_some() {
                         removed += 1;
                     }
                     st.put(&key, None);
@@ -1024,13 +1259,8 @@ impl Inner {
         }
     }
 
-    fn apply_write(
-        &self,
-        table: &ObjTable,
-        st: &mut Batch,
-        w: &WriteOp,
-    ) -> Result<WriteOutcome, ObjError> {
-        let cur = st.get(table, &w.key)?;
+    fn apply_write(&self, st: &mut Batch, w: &WriteOp) -> Result<WriteOutcome, ObjError> {
+        let cur = self.working_meta(st, &w.key)?;
         let have = cur.as_ref().map_or(0, |m| m.version);
         if have != w.expect {
             return Ok(if have == w.new {
@@ -1056,6 +1286,12 @@ impl Inner {
         meta.version = w.new;
         if meta.crcs.len() < old_len {
             self.truncate(st, &w.key, meta.crcs.len() as u64)?;
+        }
+        if st.logged {
+            st.seq += 1;
+            wal::frame(&mut st.log, st.seq, |out| {
+                encode_record(out, &w.key, w.new, &plan)
+            });
         }
         st.put(&w.key, Some(meta));
         Ok(WriteOutcome::Applied)
@@ -1188,11 +1424,6 @@ impl Inner {
                 }
             };
             file.write_all_at(&run, pos)?;
-            if st.wal_mode {
-                st.wal.push((key.clone(), pos, run));
-            } else {
-                st.direct.insert(key.clone());
-            }
             i = j;
         }
         Ok(())
@@ -1283,17 +1514,64 @@ fn writer_loop(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<Req>) {
     }
 }
 
-/// Re-applies the logged small writes of a crashed run, in order, to their object files, syncs
-/// them and empties the log. Each record is absolute bytes at an absolute offset, so replaying
-/// records that already reached the file is harmless.
-fn replay_wal(db: &Database, objects_dir: &Path) -> Result<(), ObjError> {
+/// An object file for replay, created (with its pool directory) if missing.
+fn replay_file<'f>(
+    files: &'f mut HashMap<ObjectKey, File>,
+    objects_dir: &Path,
+    key: &ObjectKey,
+) -> Result<&'f File, ObjError> {
+    if !files.contains_key(key) {
+        let pool_dir = objects_dir.join(key.pool.to_string());
+        fs::create_dir_all(&pool_dir)?;
+        let f = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(pool_dir.join(key.name()))?;
+        files.insert(key.clone(), f);
+    }
+    Ok(&files[key])
+}
+
+fn sync_replayed(files: &HashMap<ObjectKey, File>, objects_dir: &Path) -> Result<(), ObjError> {
+    for f in files.values() {
+        f.sync_data()?;
+    }
+    let pools: HashSet<u32> = files.keys().map(|k| k.pool).collect();
+    for p in pools {
+        sync_dir(&objects_dir.join(p.to_string()))?;
+    }
+    sync_dir(objects_dir)?;
+    Ok(())
+}
+
+/// Re-applies the records of the redb write-ahead tables of a store written before the log moved
+/// to files (data bytes at absolute offsets, their metadata already committed beside them), in
+/// sequence order, syncs the files and drops the tables.
+fn replay_legacy_tables(db: &Database, objects_dir: &Path) -> Result<(), ObjError> {
     let mut files: HashMap<ObjectKey, File> = HashMap::new();
     let mut n = 0u64;
     {
         let tx = db.begin_read()?;
-        let (t0, t1) = (tx.open_table(WAL_GENS[0])?, tx.open_table(WAL_GENS[1])?);
+        let open = |t| match tx.open_table(t) {
+            Ok(t) => Ok(Some(t)),
+            Err(redb::TableError::TableDoesNotExist(_)) => Ok(None),
+            Err(e) => Err(ObjError::from(e)),
+        };
+        let (t0, t1) = (open(LEGACY_WAL[0])?, open(LEGACY_WAL[1])?);
+        if t0.is_none() && t1.is_none() {
+            return Ok(());
+        }
+        let (i0, i1) = (
+            t0.as_ref().map(|t| t.iter()).transpose()?,
+            t1.as_ref().map(|t| t.iter()).transpose()?,
+        );
         // Sequence numbers are global across both generations: replay in their order.
-        let (mut a, mut b) = (t0.iter()?.peekable(), t1.iter()?.peekable());
+        let (mut a, mut b) = (
+            i0.into_iter().flatten().peekable(),
+            i1.into_iter().flatten().peekable(),
+        );
         loop {
             let seq = |r: Option<&Result<(redb::AccessGuard<u64>, _), redb::StorageError>>| {
                 r.map(|r| r.as_ref().map_or(0, |(k, _)| k.value()))
@@ -1308,44 +1586,123 @@ fn replay_wal(db: &Database, objects_dir: &Path) -> Result<(), ObjError> {
             let (_, v) = row?;
             let (key, pos, data) = decode_wal(v.value())
                 .ok_or_else(|| ObjError::Db("undecodable write-ahead record".into()))?;
-            if !files.contains_key(&key) {
-                let pool_dir = objects_dir.join(key.pool.to_string());
-                fs::create_dir_all(&pool_dir)?;
-                let f = OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .create(true)
-                    .truncate(false)
-                    .open(pool_dir.join(key.name()))?;
-                files.insert(key.clone(), f);
-            }
-            files[&key].write_all_at(data, pos)?;
+            replay_file(&mut files, objects_dir, &key)?.write_all_at(data, pos)?;
             n += 1;
         }
     }
-    if n == 0 {
-        return Ok(());
-    }
-    for f in files.values() {
-        f.sync_data()?;
-    }
-    for k in files.keys() {
-        sync_dir(&objects_dir.join(k.pool.to_string()))?;
-    }
-    sync_dir(objects_dir)?;
+    sync_replayed(&files, objects_dir)?;
     let mut tx = db.begin_write()?;
     tx.set_durability(Durability::Immediate);
-    for t in WAL_GENS {
+    for t in LEGACY_WAL {
         tx.delete_table(t)?;
-        tx.open_table(t)?;
     }
     tx.commit()?;
     tracing::info!(
         records = n,
         objects = files.len(),
-        "replayed the object store's write-ahead log"
+        "replayed the object store's legacy write-ahead tables"
     );
     Ok(())
+}
+
+/// Re-applies the log records after the `applied` mark — to the object files and to the
+/// metadata — in sequence order across both generations, syncs the files, commits the metadata
+/// with the new mark, and empties both log files. Returns the last sequence number in use.
+fn replay_log(db: &Database, dir: &Path, objects_dir: &Path) -> Result<u64, ObjError> {
+    let applied = {
+        let tx = db.begin_read()?;
+        let t = tx.open_table(WAL_STATE)?;
+        let v = t.get("applied")?.map_or(0, |v| v.value());
+        v
+    };
+    let paths = WAL_FILES.map(|f| dir.join(f));
+    // First pass: each generation's chain, to order them (a generation holds one contiguous run
+    // of sequence numbers; the older one is replayed first).
+    let mut chains = Vec::new();
+    for p in &paths {
+        if let Some(range) = wal::scan::<ObjError>(p, applied, |_, _| Ok(()))? {
+            chains.push((range, p));
+        }
+    }
+    chains.sort_by_key(|((first, _), _)| *first);
+    let mut expect = applied + 1;
+    for ((first, last), p) in &chains {
+        if *first != expect {
+            return Err(ObjError::Db(format!(
+                "write-ahead log {} starts at record {first}, expected {expect}: records are missing; refusing to replay over a gap (restore this replica from its peers)",
+                p.display()
+            )));
+        }
+        expect = last + 1;
+    }
+    let mut metas: HashMap<ObjectKey, ObjMeta> = HashMap::new();
+    let mut files: HashMap<ObjectKey, File> = HashMap::new();
+    let mut n = 0u64;
+    {
+        let tx = db.begin_read()?;
+        let table = tx.open_table(OBJECTS)?;
+        for (_, p) in &chains {
+            wal::scan::<ObjError>(p, applied, |_, payload| {
+                let r = decode_record(payload)
+                    .ok_or_else(|| ObjError::Db("undecodable write-ahead record".into()))?;
+                let meta = match metas.entry(r.key.clone()) {
+                    std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                    std::collections::hash_map::Entry::Vacant(e) => {
+                        e.insert(match table.get(encode_key(&r.key).as_slice())? {
+                            Some(v) => ObjMeta::decode(v.value())?,
+                            None => ObjMeta::default(),
+                        })
+                    }
+                };
+                // decode_record checked one data chunk per data flag.
+                let mut data = r.data.chunks_exact(CHUNK_SIZE);
+                for (i, &flag) in r.flags.iter().enumerate() {
+                    let c = r.first + i as u64;
+                    match if flag == 1 { data.next() } else { None } {
+                        Some(chunk) => {
+                            replay_file(&mut files, objects_dir, &r.key)?
+                                .write_all_at(chunk, c * CS)?;
+                            meta.set(c, Some(crc32c::crc32c(chunk)));
+                        }
+                        None => meta.set(c, None),
+                    }
+                }
+                meta.trim_tail();
+                meta.version = r.version;
+                n += 1;
+                Ok(())
+            })?;
+        }
+    }
+    let last = expect - 1;
+    if n > 0 {
+        sync_replayed(&files, objects_dir)?;
+        let mut tx = db.begin_write()?;
+        tx.set_durability(Durability::Immediate);
+        {
+            let mut table = tx.open_table(OBJECTS)?;
+            let mut info = tx.open_table(OBJECT_INFO)?;
+            for (key, m) in &metas {
+                let k = encode_key(key);
+                table.insert(k.as_slice(), m.encode().as_slice())?;
+                info.insert(k.as_slice(), encode_info(&m.info()).as_slice())?;
+            }
+            tx.open_table(WAL_STATE)?.insert("applied", last)?;
+        }
+        tx.commit()?;
+        tracing::info!(
+            records = n,
+            objects = metas.len(),
+            last,
+            "replayed the object store's write-ahead log"
+        );
+    }
+    // Nothing in the files is needed any more; empty them so no leftover (say, a frame a torn
+    // write left valid behind an invalid one) can ever join a later chain.
+    for p in &paths {
+        wal::LogFile::open(p)?.clear()?;
+    }
+    Ok(last)
 }
 
 /// Deletes object files without metadata: left by a crash between a removal's commit and its
@@ -1444,12 +1801,17 @@ impl ObjStore {
             tx.set_durability(Durability::Immediate);
             tx.open_table(OBJECTS)?;
             tx.open_table(OBJECT_INFO)?;
-            for t in WAL_GENS {
-                tx.open_table(t)?;
-            }
+            tx.open_table(WAL_STATE)?;
             tx.commit()?;
         }
-        replay_wal(&db, &objects_dir)?;
+        replay_legacy_tables(&db, &objects_dir)?;
+        let seq = replay_log(&db, dir, &objects_dir)?;
+        let logs = [
+            wal::LogFile::open(&dir.join(WAL_FILES[0]))?,
+            wal::LogFile::open(&dir.join(WAL_FILES[1]))?,
+        ];
+        // The log files' directory entries must be durable before any record in them counts.
+        sync_dir(dir)?;
         let mut index = Index::default();
         {
             let tx = db.begin_read()?;
@@ -1470,18 +1832,23 @@ impl ObjStore {
             index: RwLock::new(index),
             locks: (0..LOCK_STRIPES).map(|_| RwLock::new(())).collect(),
             files: Mutex::new(FileCache::default()),
+            metas: Mutex::new(MetaCache::default()),
             batches: AtomicU64::new(0),
             wal: Mutex::new(WalState {
+                logs,
+                active: 0,
+                seq,
+                applied: seq,
+                bytes: 0,
                 lazy: HashMap::new(),
                 dirs: HashSet::new(),
-                seq: 0,
-                bytes: 0,
                 last_checkpoint: std::time::Instant::now(),
                 syncing: Vec::new(),
                 syncing_dirs: HashSet::new(),
-                active: 0,
-                done_gen: None,
+                epoch: 0,
+                done: None,
                 force_sync: false,
+                broken: None,
                 stop: false,
             }),
         });
@@ -1713,7 +2080,8 @@ impl ObjStore {
         }
     }
 
-    /// Group commits so far (each one fdatasync per touched file plus one redb commit).
+    /// Group commits so far (each one log append, or one fdatasync per touched file plus one redb
+    /// commit).
     pub fn commits(&self) -> u64 {
         self.inner.batches.load(Ordering::Relaxed)
     }
@@ -1832,92 +2200,208 @@ mod tests {
         assert!(s.scrub(&k).await.unwrap().is_empty());
     }
 
-    /// Records in one log generation; a dropped (not yet recreated) table holds none.
-    fn wal_records(db: &Database, g: usize) -> u64 {
+    /// Rows of one legacy redb log table; a dropped table holds none.
+    fn legacy_rows(db: &Database, g: usize) -> u64 {
         use redb::ReadableTableMetadata;
-        match db.begin_read().unwrap().open_table(WAL_GENS[g]) {
+        match db.begin_read().unwrap().open_table(LEGACY_WAL[g]) {
             Ok(t) => t.len().unwrap(),
             Err(redb::TableError::TableDoesNotExist(_)) => 0,
             Err(e) => panic!("{e}"),
         }
     }
 
-    /// A crash during a background checkpoint leaves records in both log generations; replay
-    /// applies them in sequence order whichever table holds them.
-    #[test]
-    fn replay_merges_both_generations_in_sequence_order() {
+    fn applied(db: &Database) -> u64 {
+        let tx = db.begin_read().unwrap();
+        let t = tx.open_table(WAL_STATE).unwrap();
+        let v = t.get("applied").unwrap().map_or(0, |v| v.value());
+        v
+    }
+
+    /// A store written before the log moved to files: records in both redb generations, in
+    /// interleaved sequence order, are replayed in that order at open and the tables dropped.
+    #[tokio::test]
+    async fn legacy_tables_are_replayed_in_sequence_order() {
         let d = tempfile::tempdir().unwrap();
-        let objects = d.path().join("objects");
-        fs::create_dir_all(&objects).unwrap();
-        let db = Database::create(d.path().join("objects.redb")).unwrap();
         let k = key("gens", 0);
+        let a = pattern(9, 4096);
         {
+            // The metadata of a legacy store was committed beside its records: write it through
+            // a store, then lose the file data and put the legacy records in.
+            let s = ObjStore::open(d.path(), MAX).unwrap();
+            put(&s, &k, 0, 0, Mutation::Data(a.clone())).await;
+            s.import(&k, s.export(&k).await.unwrap()).await.unwrap();
+        }
+        fs::write(obj_path(d.path(), &k), b"").unwrap();
+        {
+            let db = Database::create(d.path().join("objects.redb")).unwrap();
             let tx = db.begin_write().unwrap();
             {
                 let (mut g0, mut g1) = (
-                    tx.open_table(WAL_GENS[0]).unwrap(),
-                    tx.open_table(WAL_GENS[1]).unwrap(),
+                    tx.open_table(LEGACY_WAL[0]).unwrap(),
+                    tx.open_table(LEGACY_WAL[1]).unwrap(),
                 );
-                // Same block written four times; the last write is seq 4, in generation 0.
+                // The first 8 bytes written four times; the last write is seq 4, in generation 0.
                 g1.insert(1, encode_wal(&k, 0, &[1u8; 8]).as_slice())
                     .unwrap();
                 g0.insert(2, encode_wal(&k, 0, &[2u8; 8]).as_slice())
                     .unwrap();
                 g1.insert(3, encode_wal(&k, 0, &[3u8; 8]).as_slice())
                     .unwrap();
-                g0.insert(4, encode_wal(&k, 0, &[4u8; 8]).as_slice())
-                    .unwrap();
-                g1.insert(5, encode_wal(&k, 8, &[5u8; 4]).as_slice())
-                    .unwrap();
+                g0.insert(4, encode_wal(&k, 0, &a[..8]).as_slice()).unwrap();
+                g1.insert(5, encode_wal(&k, 8, &a[8..]).as_slice()).unwrap();
             }
             tx.commit().unwrap();
         }
-        replay_wal(&db, &objects).unwrap();
-        let got = fs::read(obj_path(d.path(), &k)).unwrap();
-        assert_eq!(got, [[4u8; 8].as_slice(), &[5u8; 4]].concat());
-        for g in 0..WAL_GENS.len() {
-            assert_eq!(wal_records(&db, g), 0, "replay empties the log");
+        let s = ObjStore::open(d.path(), MAX).unwrap();
+        assert_eq!(&s.read(&k, 0, 4096).await.unwrap().1[..], &a[..]);
+        for g in 0..2 {
+            assert_eq!(legacy_rows(&s.inner.db, g), 0, "replay drops the tables");
         }
     }
 
-    /// A background checkpoint flips the active generation and the writer then drops the old
-    /// table whole; writes after it are still durable through the new one.
+    /// Log files as a crash during a background checkpoint leaves them: generation 1 holds the
+    /// older records, generation 0 the newer ones followed by leftovers; replay applies them in
+    /// sequence order and restores data and metadata.
     #[tokio::test]
-    async fn checkpoint_flips_generation_and_drops_the_old_one() {
+    async fn replay_orders_generations_and_rebuilds_metadata() {
+        let d = tempfile::tempdir().unwrap();
+        let k = key("gens", 0);
+        let (a, b, c) = (pattern(1, 4096), pattern(2, 4096), pattern(3, 4096));
+        let rec = |version: u64, first: u64, chunks: Vec<Chunk>| {
+            let plan: Vec<(u64, Chunk)> = chunks
+                .into_iter()
+                .enumerate()
+                .map(|(i, ch)| (first + i as u64, ch))
+                .collect();
+            let mut out = Vec::new();
+            encode_record(&mut out, &k, version, &plan);
+            move |o: &mut Vec<u8>| o.extend_from_slice(&out)
+        };
+        let (mut g0, mut g1) = (Vec::new(), Vec::new());
+        wal::frame(&mut g1, 1, rec(1, 0, vec![Chunk::new(a.clone(), None)]));
+        wal::frame(&mut g1, 2, rec(2, 1, vec![Chunk::new(a.clone(), None)]));
+        wal::frame(
+            &mut g0,
+            3,
+            rec(3, 0, vec![Chunk::new(b.clone(), None), Chunk::Hole]),
+        );
+        wal::frame(&mut g0, 4, rec(4, 2, vec![Chunk::new(c.clone(), None)]));
+        // A leftover of an earlier use of generation 0 (older, so it ends the chain).
+        wal::frame(&mut g0, 1, rec(9, 0, vec![Chunk::new(c.clone(), None)]));
+        fs::write(d.path().join(WAL_FILES[0]), &g0).unwrap();
+        fs::write(d.path().join(WAL_FILES[1]), &g1).unwrap();
+        let s = ObjStore::open(d.path(), MAX).unwrap();
+        let (v, got) = s.read(&k, 0, 3 * 4096).await.unwrap();
+        assert_eq!(v, 4);
+        assert_eq!(&got[..], [&b[..], &[0u8; 4096], &c[..]].concat().as_slice());
+        assert_eq!(
+            s.info(&k).unwrap().used_bytes,
+            2 * 4096,
+            "chunk 1 became a hole"
+        );
+        assert!(s.scrub(&k).await.unwrap().is_empty());
+        assert_eq!(applied(&s.inner.db), 4);
+        assert_eq!(
+            lock(&s.inner.wal).seq,
+            4,
+            "numbering continues after the replay"
+        );
+        for f in WAL_FILES {
+            assert_eq!(
+                fs::metadata(d.path().join(f)).unwrap().len(),
+                0,
+                "replay empties {f}"
+            );
+        }
+        // A gap (record 3 missing) is refused rather than replayed over.
+        drop(s);
+        let (mut g0, mut g1) = (Vec::new(), Vec::new());
+        wal::frame(&mut g1, 5, rec(5, 0, vec![Chunk::new(a.clone(), None)]));
+        wal::frame(&mut g0, 7, rec(6, 0, vec![Chunk::new(c.clone(), None)]));
+        fs::write(d.path().join(WAL_FILES[0]), &g0).unwrap();
+        fs::write(d.path().join(WAL_FILES[1]), &g1).unwrap();
+        let err = ObjStore::open(d.path(), MAX).err().unwrap();
+        assert!(err.to_string().contains("records are missing"), "{err}");
+    }
+
+    /// A background checkpoint flips the active generation; the writer's next batch commits the
+    /// metadata with the `applied` mark and reuses the old generation from offset 0; writes after
+    /// it are still durable through the new one.
+    #[tokio::test]
+    async fn checkpoint_commits_metadata_and_reuses_the_generation() {
         let d = tempfile::tempdir().unwrap();
         let k = key("flip", 0);
         let (a, b) = (pattern(7, 4096), pattern(8, 4096));
         {
             let s = ObjStore::open(d.path(), MAX).unwrap();
             put(&s, &k, 0, 0, Mutation::Data(a.clone())).await;
+            assert_eq!(
+                s.inner.load_meta(&k).unwrap(),
+                None,
+                "logged, not in redb yet"
+            );
             lock(&s.inner.wal).last_checkpoint -= WAL_CHECKPOINT_AGE * 2;
             // Bounded wait for the checkpoint thread (it looks every 200 ms).
             let mut flipped = false;
             for _ in 0..100 {
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 let w = lock(&s.inner.wal);
-                if w.active == 1 && w.done_gen == Some(0) {
+                if w.active == 1 && w.done == Some(Checkpointed { gen: 0, seq: 1 }) {
                     flipped = true;
                     break;
                 }
             }
             assert!(flipped, "the checkpoint did not run within 5 s");
             put(&s, &k, 1, 4096, Mutation::Data(b.clone())).await;
-            assert_eq!(
-                wal_records(&s.inner.db, 0),
-                0,
-                "the old generation was dropped"
-            );
-            assert_eq!(
-                wal_records(&s.inner.db, 1),
-                1,
-                "the new write is in the new one"
-            );
+            assert_eq!(applied(&s.inner.db), 1);
+            assert_eq!(s.inner.load_meta(&k).unwrap().unwrap().version, 1);
+            let w = lock(&s.inner.wal);
+            assert_eq!((w.logs[0].head(), w.seq), (0, 2), "generation 0 is reused");
+            assert!(w.logs[1].head() > 0, "the new write is in generation 1");
         }
+        // Lose the second write's file data: replay restores it from generation 1.
+        OpenOptions::new()
+            .write(true)
+            .open(obj_path(d.path(), &k))
+            .unwrap()
+            .set_len(4096)
+            .unwrap();
         let s = ObjStore::open(d.path(), MAX).unwrap();
         let (v, got) = s.read(&k, 0, 8192).await.unwrap();
         assert_eq!(v, 2);
         assert_eq!(&got[..], [&a[..], &b[..]].concat().as_slice());
+    }
+
+    /// A big write checkpoints synchronously first: the logged writes' metadata reaches redb, the
+    /// `applied` mark moves to the last record, and a replay has nothing older to re-apply.
+    #[tokio::test]
+    async fn big_write_checkpoints_the_log_first() {
+        let d = tempfile::tempdir().unwrap();
+        let (k1, k2) = (key("sync", 0), key("sync", 1));
+        let small = pattern(5, 4096);
+        let big = pattern(6, (WAL_MAX_OP + CS) as usize);
+        {
+            let s = ObjStore::open(d.path(), 2 * WAL_MAX_OP).unwrap();
+            put(&s, &k1, 0, 0, Mutation::Data(small.clone())).await;
+            put(&s, &k1, 1, 4096, Mutation::Data(small.clone())).await;
+            put(&s, &k2, 0, 0, Mutation::Data(big.clone())).await;
+            assert_eq!(applied(&s.inner.db), 2);
+            assert_eq!(s.inner.load_meta(&k1).unwrap().unwrap().version, 2);
+            let heads = {
+                let w = lock(&s.inner.wal);
+                (w.logs[0].head(), w.logs[1].head())
+            };
+            assert_eq!(heads, (0, 0));
+            put(&s, &k1, 2, 0, Mutation::Zero(4096)).await;
+        }
+        let s = ObjStore::open(d.path(), 2 * WAL_MAX_OP).unwrap();
+        let (v, got) = s.read(&k1, 0, 8192).await.unwrap();
+        assert_eq!(v, 3);
+        assert_eq!(&got[..], [&[0u8; 4096][..], &small[..]].concat().as_slice());
+        assert_eq!(
+            &s.read(&k2, 0, big.len() as u64).await.unwrap().1[..],
+            &big[..]
+        );
     }
 
     #[tokio::test]
