@@ -41,7 +41,7 @@
 //!   durably then. A record is the write's whole effect on the object — new version, which chunks
 //!   became data or holes, the data — so replaying it restores both file bytes and metadata.
 //!   Until a checkpoint their metadata lives in an in-memory cache (entries marked dirty); a
-//!   background checkpoint thread (every 32 MiB or 5 s) syncs their files outside the writer's
+//!   background checkpoint thread (every 32 MiB, 5 s or 2048 dirty objects) syncs their files outside the writer's
 //!   path, and the writer's next batch then commits the dirty metadata to redb together with the
 //!   `applied` mark (the last record whose data is synced), after which that log generation is
 //!   reused. Any other kind of operation (import, removal, big write) first checkpoints
@@ -64,8 +64,8 @@
 //! - **In-memory index** (`BTreeMap`, ordered so listings need no sort) of version and used bytes,
 //!   loaded from the small `object_info` table at open; listing, `info` and `stats` do no I/O.
 //! - **Metadata cache.** Decoded per-object metadata of recently used objects (at most
-//!   [`META_CACHE_CAP`] clean entries, plus every dirty one: bounded by what one checkpoint
-//!   interval writes), so a 4 KiB read or write does not open a redb transaction and decode 4 KiB
+//!   [`META_CACHE_CAP`] clean entries, plus the dirty ones: [`META_DIRTY_MAX`] of them make a
+//!   checkpoint due), so a 4 KiB read or write does not open a redb transaction and decode 4 KiB
 //!   of CRCs each time.
 //! - **Unaligned writes** read-modify-write their edge chunks, verifying them first: a corrupt edge
 //!   chunk fails the write with `Corrupt` rather than blessing rotten bytes with a fresh CRC.
@@ -100,6 +100,9 @@ const WAL_STATE: TableDefinition<&str, u64> = TableDefinition::new("wal_state");
 const WAL_FILES: [&str; 2] = ["wal0.log", "wal1.log"];
 /// Clean entries the metadata cache keeps (~8 KiB each for a 4 MiB object).
 const META_CACHE_CAP: usize = 1024;
+/// Dirty entries that make a checkpoint due, whatever its size and age: random small writes over
+/// a big image would otherwise keep one dirty entry per object touched in 5 s.
+const META_DIRTY_MAX: usize = 2048;
 /// Writes up to this size go through the write-ahead log (one `fdatasync` makes a whole batch of
 /// them durable); bigger ones are `fdatasync`ed in their object files.
 const WAL_MAX_OP: u64 = 256 << 10;
@@ -495,9 +498,24 @@ impl FileCache {
 #[derive(Default)]
 struct MetaCache {
     map: HashMap<ObjectKey, (Arc<ObjMeta>, bool)>,
+    /// Dirty entries in `map`.
+    dirty: usize,
 }
 
 impl MetaCache {
+    fn insert(&mut self, key: ObjectKey, m: Arc<ObjMeta>, dirty: bool) {
+        if let Some((_, true)) = self.map.insert(key, (m, dirty)) {
+            self.dirty -= 1;
+        }
+        self.dirty += usize::from(dirty);
+    }
+
+    fn remove(&mut self, key: &ObjectKey) {
+        if let Some((_, true)) = self.map.remove(key) {
+            self.dirty -= 1;
+        }
+    }
+
     fn get(&self, key: &ObjectKey) -> Option<Arc<ObjMeta>> {
         self.map.get(key).map(|(m, _)| m.clone())
     }
@@ -523,8 +541,9 @@ impl MetaCache {
     fn mark_clean(&mut self, committed: &[(ObjectKey, Arc<ObjMeta>)]) {
         for (k, m) in committed {
             if let Some((cur, d)) = self.map.get_mut(k) {
-                if Arc::ptr_eq(cur, m) {
+                if *d && Arc::ptr_eq(cur, m) {
                     *d = false;
+                    self.dirty -= 1;
                 }
             }
         }
@@ -573,8 +592,6 @@ struct WalState {
     active: usize,
     /// The last record written.
     seq: u64,
-    /// The `applied` mark as committed in redb.
-    applied: u64,
     /// Bytes logged since the last checkpoint.
     bytes: u64,
     lazy: HashMap<ObjectKey, Arc<File>>,
@@ -610,7 +627,8 @@ fn checkpointer(inner: std::sync::Weak<Inner>) {
                 return;
             }
             let due = w.bytes > WAL_CHECKPOINT_BYTES
-                || (w.last_checkpoint.elapsed() > WAL_CHECKPOINT_AGE && !w.lazy.is_empty());
+                || (w.last_checkpoint.elapsed() > WAL_CHECKPOINT_AGE && !w.lazy.is_empty())
+                || lock(&inner.metas).dirty >= META_DIRTY_MAX;
             if !due
                 || !w.syncing.is_empty()
                 || w.done.is_some()
@@ -1087,16 +1105,8 @@ impl Inner {
         let commit = || -> Result<(), ObjError> {
             let mut tx = self.db.begin_write()?;
             tx.set_durability(Durability::Immediate);
-            {
-                let mut table = tx.open_table(OBJECTS)?;
-                let mut info = tx.open_table(OBJECT_INFO)?;
-                for (key, m) in &dirty {
-                    let k = encode_key(key);
-                    table.insert(k.as_slice(), m.encode().as_slice())?;
-                    info.insert(k.as_slice(), encode_info(&m.info()).as_slice())?;
-                }
-                tx.open_table(WAL_STATE)?.insert("applied", c.seq)?;
-            }
+            put_metas(&tx, dirty.iter().map(|(k, m)| (k, &**m)))?;
+            tx.open_table(WAL_STATE)?.insert("applied", c.seq)?;
             tx.commit()?;
             Ok(())
         };
@@ -1107,7 +1117,6 @@ impl Inner {
         }
         lock(&self.metas).mark_clean(&dirty);
         wal.logs[c.gen].rewind();
-        wal.applied = c.seq;
         Ok(())
     }
 
@@ -1129,14 +1138,10 @@ impl Inner {
         let dirty = lock(&self.metas).dirty();
         let mut tx = self.db.begin_write()?;
         tx.set_durability(Durability::Immediate);
+        put_metas(&tx, dirty.iter().map(|(k, m)| (k, &**m)))?;
         let results = {
             let mut table = tx.open_table(OBJECTS)?;
             let mut info = tx.open_table(OBJECT_INFO)?;
-            for (key, m) in &dirty {
-                let k = encode_key(key);
-                table.insert(k.as_slice(), m.encode().as_slice())?;
-                info.insert(k.as_slice(), encode_info(&m.info()).as_slice())?;
-            }
             let results: Vec<_> = ops.iter().map(|op| self.apply_op(st, op)).collect();
             for key in &st.dirty {
                 let k = encode_key(key);
@@ -1165,7 +1170,6 @@ impl Inner {
         for log in &mut wal.logs {
             log.rewind();
         }
-        wal.applied = wal.seq;
         wal.epoch += 1;
         wal.done = None;
         wal.lazy.clear();
@@ -1193,12 +1197,8 @@ impl Inner {
             let mut working = st.working;
             for key in &st.dirty {
                 match working.remove(key).flatten() {
-                    Some(m) => {
-                        metas.map.insert(key.clone(), (Arc::new(m), st.logged));
-                    }
-                    None => {
-                        metas.map.remove(key);
-                    }
+                    Some(m) => metas.insert(key.clone(), Arc::new(m), st.logged),
+                    None => metas.remove(key),
                 }
             }
             metas.evict();
@@ -1514,6 +1514,21 @@ fn writer_loop(inner: Arc<Inner>, mut rx: mpsc::UnboundedReceiver<Req>) {
     }
 }
 
+/// Writes metadata rows (`objects` and `object_info`) in `tx`.
+fn put_metas<'a>(
+    tx: &redb::WriteTransaction,
+    metas: impl IntoIterator<Item = (&'a ObjectKey, &'a ObjMeta)>,
+) -> Result<(), ObjError> {
+    let mut table = tx.open_table(OBJECTS)?;
+    let mut info = tx.open_table(OBJECT_INFO)?;
+    for (key, m) in metas {
+        let k = encode_key(key);
+        table.insert(k.as_slice(), m.encode().as_slice())?;
+        info.insert(k.as_slice(), encode_info(&m.info()).as_slice())?;
+    }
+    Ok(())
+}
+
 /// An object file for replay, created (with its pool directory) if missing.
 fn replay_file<'f>(
     files: &'f mut HashMap<ObjectKey, File>,
@@ -1679,16 +1694,8 @@ fn replay_log(db: &Database, dir: &Path, objects_dir: &Path) -> Result<u64, ObjE
         sync_replayed(&files, objects_dir)?;
         let mut tx = db.begin_write()?;
         tx.set_durability(Durability::Immediate);
-        {
-            let mut table = tx.open_table(OBJECTS)?;
-            let mut info = tx.open_table(OBJECT_INFO)?;
-            for (key, m) in &metas {
-                let k = encode_key(key);
-                table.insert(k.as_slice(), m.encode().as_slice())?;
-                info.insert(k.as_slice(), encode_info(&m.info()).as_slice())?;
-            }
-            tx.open_table(WAL_STATE)?.insert("applied", last)?;
-        }
+        put_metas(&tx, &metas)?;
+        tx.open_table(WAL_STATE)?.insert("applied", last)?;
         tx.commit()?;
         tracing::info!(
             records = n,
@@ -1838,7 +1845,6 @@ impl ObjStore {
                 logs,
                 active: 0,
                 seq,
-                applied: seq,
                 bytes: 0,
                 lazy: HashMap::new(),
                 dirs: HashSet::new(),
@@ -2340,6 +2346,7 @@ mod tests {
                 None,
                 "logged, not in redb yet"
             );
+            assert_eq!(lock(&s.inner.metas).dirty, 1);
             lock(&s.inner.wal).last_checkpoint -= WAL_CHECKPOINT_AGE * 2;
             // Bounded wait for the checkpoint thread (it looks every 200 ms).
             let mut flipped = false;
@@ -2387,6 +2394,7 @@ mod tests {
             put(&s, &k2, 0, 0, Mutation::Data(big.clone())).await;
             assert_eq!(applied(&s.inner.db), 2);
             assert_eq!(s.inner.load_meta(&k1).unwrap().unwrap().version, 2);
+            assert_eq!(lock(&s.inner.metas).dirty, 0, "all of it committed");
             let heads = {
                 let w = lock(&s.inner.wal);
                 (w.logs[0].head(), w.logs[1].head())
