@@ -192,6 +192,13 @@ pub struct ListenerConfig {
     /// Largest accepted request head (HTTP/1 buffer, HTTP/2 header list), bytes.
     #[serde(default = "default_max_header_bytes")]
     pub max_header_bytes: usize,
+    /// Cap on each upstream HTTP/1 connection's read buffer, bytes (also the largest response
+    /// head accepted from the upstream; a bigger one is a 502). Unset: hyper's adaptive buffer,
+    /// which grows to fit what arrives (up to ~400 KiB per connection). A memory-for-CPU knob:
+    /// with 64 connections of 64 KiB responses, 32 KiB kept the sidecar at 18 MiB instead of
+    /// ~30 MiB, at ~1.26x the CPU per request (more, smaller reads and writes; docs/BENCHMARKS.md).
+    #[serde(default)]
+    pub upstream_buffer_bytes: Option<usize>,
     /// Inbound HTTP: peer sidecars' matching public addresses that reads fail over to when the
     /// local node cannot answer (see `policy::degrade`).
     #[serde(default)]
@@ -220,6 +227,9 @@ fn default_header_timeout() -> Duration {
 fn default_max_header_bytes() -> usize {
     64 * 1024
 }
+/// hyper's HTTP/1 minimum buffer (it panics below it).
+const MIN_UPSTREAM_BUFFER: usize = 8192;
+const MAX_UPSTREAM_BUFFER: usize = 64 << 20;
 
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -324,6 +334,17 @@ impl Config {
             }
             if l.max_header_bytes < 8192 {
                 return Err(at("max_header_bytes must be at least 8192".into()));
+            }
+            match l.upstream_buffer_bytes {
+                Some(n) if !(MIN_UPSTREAM_BUFFER..=MAX_UPSTREAM_BUFFER).contains(&n) => {
+                    return Err(at(format!(
+                        "upstream_buffer_bytes must be {MIN_UPSTREAM_BUFFER}..={MAX_UPSTREAM_BUFFER} (got {n})"
+                    )))
+                }
+                Some(_) if l.protocol == Protocol::Tcp => {
+                    return Err(at("upstream_buffer_bytes is for HTTP listeners".into()))
+                }
+                _ => {}
             }
             if let Some(p) = &l.policy {
                 p.validate().map_err(at)?;

@@ -68,7 +68,13 @@ async fn answer(req: hyper::Request<Incoming>) -> Resp {
             .get("bytes")
             .and_then(|v| v.parse().ok())
             .unwrap_or(2usize);
-        return full(200, vec![b'o'; n]);
+        let mut r = full(200, vec![b'o'; n]);
+        // `header=N`: one response header of N bytes (for response-head limits).
+        if let Some(h) = q.get("header").and_then(|v| v.parse::<usize>().ok()) {
+            let v = hyper::header::HeaderValue::from_str(&"f".repeat(h)).expect("ascii");
+            r.headers_mut().insert("x-fill", v);
+        }
+        return r;
     }
     // Drain the request body so uploads complete.
     let _ = req.into_body().collect().await;

@@ -71,6 +71,42 @@ async fn proxies_http1_and_h2c_streaming_both_ways() {
     }
 }
 
+/// `upstream_buffer_bytes` caps each upstream connection's read buffer: bodies far bigger than it
+/// still stream through intact, and a response head bigger than it is a clear 502 — which the
+/// same request without the cap is not.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_capped_upstream_buffer_streams_big_bodies_and_refuses_oversized_heads() {
+    let fx = Fixture::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (capped, plain) = (free_addr(), free_addr());
+    let body = format!(
+        "[[listener]]\nname = \"capped\"\nlisten = \"{capped}\"\nupstream = \"{up}\"\n\
+         upstream_buffer_bytes = 8192\n\n\
+         [[listener]]\nname = \"plain\"\nlisten = \"{plain}\"\nupstream = \"{up}\"\n",
+        up = fx.addr
+    );
+    let s = SidecarProc::start(dir.path(), "sc", &body);
+    s.wait_ready().await;
+
+    let r = http()
+        .get(format!("http://{capped}/ok?bytes=1000000"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let got = r.bytes().await.unwrap();
+    assert_eq!(got.len(), 1_000_000);
+    assert!(got.iter().all(|&b| b == b'o'));
+
+    let big_head = |l: std::net::SocketAddr| format!("http://{l}/ok?header=12000");
+    let r = http().get(big_head(capped)).send().await.unwrap();
+    assert_eq!(r.status(), 502, "a 12 KB response head does not fit 8 KiB");
+    assert!(r.headers().get("x-bulwark-error").is_some());
+    let r = http().get(big_head(plain)).send().await.unwrap();
+    assert_eq!(r.status(), 200, "without the cap the same answer passes");
+    assert_eq!(r.headers()["x-fill"].len(), 12_000);
+}
+
 /// `worker_threads = 1` runs the sidecar on tokio's current-thread scheduler (what the benchmark
 /// and a node's sidecar on a small host use): the same streaming, h2c and deadline behaviour.
 #[tokio::test(flavor = "multi_thread")]
@@ -312,6 +348,7 @@ async fn bad_input_gets_clear_errors_and_the_sidecar_keeps_serving() {
         ("[[listener]]\nname = \"a\"\nlisten = \"127.0.0.1:1\"\nupstream = \"x:1\"\n[policy.shed]\nclient_share = 7.0\n", "client_share"),
         ("worker_threads = 1000\n[[listener]]\nname = \"a\"\nlisten = \"127.0.0.1:1\"\nupstream = \"x:1\"\n", "worker_threads"),
         ("[admin]\nlisten = \"0.0.0.0:9901\"\n[[listener]]\nname = \"a\"\nlisten = \"127.0.0.1:1\"\nupstream = \"x:1\"\n", "token"),
+        ("[[listener]]\nname = \"a\"\nlisten = \"127.0.0.1:1\"\nupstream = \"x:1\"\nupstream_buffer_bytes = 100\n", "upstream_buffer_bytes"),
     ];
     for (i, (text, needle)) in cases.iter().enumerate() {
         let p = dir.path().join(format!("bad{i}.toml"));

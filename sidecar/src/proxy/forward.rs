@@ -33,13 +33,19 @@ pub struct Forward {
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Forward {
-    pub fn new(target: Target, connect_timeout: Duration) -> Self {
-        Self::with_pool(target, connect_timeout, 256)
+    /// `max_buf`: the upstream read buffer cap (`upstream_buffer_bytes`), `None` for hyper's.
+    pub fn new(target: Target, connect_timeout: Duration, max_buf: Option<usize>) -> Self {
+        Self::with_pool(target, connect_timeout, 256, max_buf)
     }
 
     /// `max_idle` 0: a fresh connection per request (canaries: a pooled connection to a canary
     /// that crashed since would fail the next probe for the wrong reason).
-    pub fn with_pool(target: Target, connect_timeout: Duration, max_idle: usize) -> Self {
+    pub fn with_pool(
+        target: Target,
+        connect_timeout: Duration,
+        max_idle: usize,
+        max_buf: Option<usize>,
+    ) -> Self {
         Self {
             pool: Pool::new(
                 match &target {
@@ -49,6 +55,7 @@ impl Forward {
                 max_idle,
                 POOL_IDLE_TIMEOUT,
                 connect_timeout,
+                max_buf,
             ),
             target,
         }
@@ -193,6 +200,7 @@ mod tests {
         let f = Forward::new(
             Target::ByAuthority(Arc::new(vec!["127.0.0.12:9096".into()])),
             Duration::from_secs(1),
+            None,
         );
         let ok = http::Request::builder()
             .uri("http://127.0.0.12:9096/x")

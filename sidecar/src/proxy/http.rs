@@ -80,7 +80,8 @@ impl ListenerRuntime {
             Target::Fixed(a) => Some(a.to_string()),
             Target::ByAuthority(_) => None,
         };
-        let forward = Forward::new(target, listener.connect_timeout);
+        let max_buf = listener.upstream_buffer_bytes;
+        let forward = Forward::new(target, listener.connect_timeout, max_buf);
         let layers = shared.policy_layers(name, &policy);
         let shed_handle = layers.shed.handle();
         // The blacklist applies on every inbound listener; probing only where canaries are named.
@@ -96,6 +97,7 @@ impl ListenerRuntime {
                         Target::Fixed(c.parse().ok()?),
                         listener.connect_timeout,
                         0,
+                        max_buf,
                     ),
                 })
             })
@@ -106,7 +108,11 @@ impl ListenerRuntime {
             .filter_map(|f| {
                 Some(Peer {
                     addr: Arc::from(f.as_str()),
-                    forward: Forward::new(Target::Fixed(f.parse().ok()?), listener.connect_timeout),
+                    forward: Forward::new(
+                        Target::Fixed(f.parse().ok()?),
+                        listener.connect_timeout,
+                        max_buf,
+                    ),
                 })
             })
             .collect();

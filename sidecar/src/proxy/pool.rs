@@ -55,6 +55,8 @@ struct Inner {
     max_idle: usize,
     idle_timeout: Duration,
     connect_timeout: Duration,
+    /// Each connection's read buffer cap (`upstream_buffer_bytes`); `None`: hyper's adaptive one.
+    max_buf: Option<usize>,
 }
 
 /// One upstream's idle connections, oldest first.
@@ -75,6 +77,7 @@ impl Pool {
         max_idle: usize,
         idle_timeout: Duration,
         connect_timeout: Duration,
+        max_buf: Option<usize>,
     ) -> Self {
         Self {
             inner: Arc::new(Inner {
@@ -83,6 +86,7 @@ impl Pool {
                 max_idle,
                 idle_timeout,
                 connect_timeout,
+                max_buf,
             }),
         }
     }
@@ -188,13 +192,18 @@ impl Pool {
             Ok(Ok(s)) => s,
         };
         let _ = tcp.set_nodelay(true);
-        let (tx, conn) = http1::Builder::new()
-            .handshake(TokioIo::new(tcp))
-            .await
-            .map_err(|e| ProxyError::Connect {
-                upstream: auth.to_string(),
-                msg: error_chain(&e),
-            })?;
+        let mut builder = http1::Builder::new();
+        if let Some(n) = self.inner.max_buf {
+            builder.max_buf_size(n);
+        }
+        let (tx, conn) =
+            builder
+                .handshake(TokioIo::new(tcp))
+                .await
+                .map_err(|e| ProxyError::Connect {
+                    upstream: auth.to_string(),
+                    msg: error_chain(&e),
+                })?;
         let upstream = auth.clone();
         tokio::spawn(async move {
             if let Err(e) = conn.await {
@@ -366,6 +375,7 @@ mod tests {
             8,
             Duration::from_secs(30),
             Duration::from_secs(1),
+            None,
         );
         for _ in 0..50 {
             assert_eq!(fetch(&pool, &auth).await, "hello");
@@ -377,7 +387,13 @@ mod tests {
     #[tokio::test]
     async fn concurrent_requests_open_more_and_keep_at_most_max_idle() {
         let (auth, accepted) = upstream("hi", 0).await;
-        let pool = Pool::new(None, 2, Duration::from_secs(30), Duration::from_secs(1));
+        let pool = Pool::new(
+            None,
+            2,
+            Duration::from_secs(30),
+            Duration::from_secs(1),
+            None,
+        );
         // Four answers held open at once: four connections.
         let mut held = Vec::new();
         for _ in 0..4 {
@@ -395,7 +411,13 @@ mod tests {
         // The upstream closes after every answer: each request needs a new connection, and none
         // fails because of a dead pooled one.
         let (auth, accepted) = upstream("bye", 1).await;
-        let pool = Pool::new(None, 8, Duration::from_secs(30), Duration::from_secs(1));
+        let pool = Pool::new(
+            None,
+            8,
+            Duration::from_secs(30),
+            Duration::from_secs(1),
+            None,
+        );
         for _ in 0..10 {
             assert_eq!(fetch(&pool, &auth).await, "bye");
             tokio::task::yield_now().await;
@@ -406,7 +428,13 @@ mod tests {
     #[tokio::test]
     async fn an_abandoned_body_does_not_return_its_connection() {
         let (auth, _) = upstream("partial", 0).await;
-        let pool = Pool::new(None, 8, Duration::from_secs(30), Duration::from_secs(1));
+        let pool = Pool::new(
+            None,
+            8,
+            Duration::from_secs(30),
+            Duration::from_secs(1),
+            None,
+        );
         let resp = pool.send(&auth, get(&auth)).await.unwrap();
         drop(resp);
         assert_eq!(pool.idle_count(&auth), 0);
@@ -416,7 +444,13 @@ mod tests {
     #[tokio::test]
     async fn max_idle_zero_never_pools() {
         let (auth, accepted) = upstream("x", 0).await;
-        let pool = Pool::new(None, 0, Duration::from_secs(30), Duration::from_secs(1));
+        let pool = Pool::new(
+            None,
+            0,
+            Duration::from_secs(30),
+            Duration::from_secs(1),
+            None,
+        );
         for _ in 0..3 {
             fetch(&pool, &auth).await;
         }
@@ -429,7 +463,13 @@ mod tests {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let auth: Authority = l.local_addr().unwrap().to_string().parse().unwrap();
         drop(l);
-        let pool = Pool::new(None, 8, Duration::from_secs(30), Duration::from_secs(1));
+        let pool = Pool::new(
+            None,
+            8,
+            Duration::from_secs(30),
+            Duration::from_secs(1),
+            None,
+        );
         let Err(e) = pool.send(&auth, get(&auth)).await else {
             panic!("connected to a closed port");
         };
@@ -441,7 +481,13 @@ mod tests {
     async fn connections_idle_past_the_timeout_are_not_reused() {
         // Real time (paused time would also fire the connect timeout while loopback I/O is pending).
         let (auth, accepted) = upstream("t", 0).await;
-        let pool = Pool::new(None, 8, Duration::from_millis(100), Duration::from_secs(1));
+        let pool = Pool::new(
+            None,
+            8,
+            Duration::from_millis(100),
+            Duration::from_secs(1),
+            None,
+        );
         fetch(&pool, &auth).await;
         tokio::time::sleep(Duration::from_millis(250)).await;
         fetch(&pool, &auth).await;
