@@ -94,9 +94,10 @@ const OBJECT_INFO: TableDefinition<&[u8], &[u8]> = TableDefinition::new("object_
 /// open (`seq → [u16 key len][key][u64 offset][data]`) and then dropped.
 const LEGACY_WAL: [TableDefinition<u64, &[u8]>; 2] =
     [TableDefinition::new("wal"), TableDefinition::new("wal1")];
-/// `"applied"` → the last log sequence number whose data is in synced files and whose metadata is
+/// [`APPLIED`] → the last log sequence number whose data is in synced files and whose metadata is
 /// committed in [`OBJECTS`]; replay starts after it.
 const WAL_STATE: TableDefinition<&str, u64> = TableDefinition::new("wal_state");
+const APPLIED: &str = "applied";
 const WAL_FILES: [&str; 2] = ["wal0.log", "wal1.log"];
 /// Clean entries the metadata cache keeps (~8 KiB each for a 4 MiB object).
 const META_CACHE_CAP: usize = 1024;
@@ -1111,7 +1112,7 @@ impl Inner {
             let mut tx = self.db.begin_write()?;
             tx.set_durability(Durability::Immediate);
             put_metas(&tx, dirty.iter().map(|(k, m)| (k, &**m)))?;
-            tx.open_table(WAL_STATE)?.insert("applied", c.seq)?;
+            set_applied(&tx, c.seq)?;
             tx.commit()?;
             Ok(())
         };
@@ -1143,27 +1144,27 @@ impl Inner {
         let dirty = lock(&self.metas).dirty();
         let mut tx = self.db.begin_write()?;
         tx.set_durability(Durability::Immediate);
-        put_metas(&tx, dirty.iter().map(|(k, m)| (k, &**m)))?;
-        let results = {
+        let results: Vec<_> = ops.iter().map(|op| self.apply_op(st, op)).collect();
+        // The cache's dirty entries first: this batch's own changes to the same objects win.
+        let changed = st
+            .dirty
+            .iter()
+            .filter_map(|k| Some((k, st.working.get(k)?.as_ref()?)));
+        put_metas(&tx, dirty.iter().map(|(k, m)| (k, &**m)).chain(changed))?;
+        {
             let mut table = tx.open_table(OBJECTS)?;
             let mut info = tx.open_table(OBJECT_INFO)?;
-            let results: Vec<_> = ops.iter().map(|op| self.apply_op(st, op)).collect();
-            for key in &st.dirty {
+            for key in st
+                .dirty
+                .iter()
+                .filter(|k| matches!(st.working.get(*k), Some(None)))
+            {
                 let k = encode_key(key);
-                match st.working.get(key) {
-                    Some(Some(m)) => {
-                        table.insert(k.as_slice(), m.encode().as_slice())?;
-                        info.insert(k.as_slice(), encode_info(&m.info()).as_slice())?;
-                    }
-                    _ => {
-                        table.remove(k.as_slice())?;
-                        info.remove(k.as_slice())?;
-                    }
-                }
+                table.remove(k.as_slice())?;
+                info.remove(k.as_slice())?;
             }
-            tx.open_table(WAL_STATE)?.insert("applied", wal.seq)?;
-            results
-        };
+        }
+        set_applied(&tx, wal.seq)?;
         for f in st.touched.values() {
             f.sync_data()?;
         }
@@ -1534,6 +1535,19 @@ fn put_metas<'a>(
     Ok(())
 }
 
+/// Records the log's `applied` mark in `tx`.
+fn set_applied(tx: &redb::WriteTransaction, seq: u64) -> Result<(), ObjError> {
+    tx.open_table(WAL_STATE)?.insert(APPLIED, seq)?;
+    Ok(())
+}
+
+fn applied_mark(db: &Database) -> Result<u64, ObjError> {
+    let tx = db.begin_read()?;
+    let t = tx.open_table(WAL_STATE)?;
+    let v = t.get(APPLIED)?.map_or(0, |v| v.value());
+    Ok(v)
+}
+
 /// An object file for replay, created (with its pool directory) if missing.
 fn replay_file<'f>(
     files: &'f mut HashMap<ObjectKey, File>,
@@ -1629,12 +1643,7 @@ fn replay_legacy_tables(db: &Database, objects_dir: &Path) -> Result<(), ObjErro
 /// metadata — in sequence order across both generations, syncs the files, commits the metadata
 /// with the new mark, and empties both log files. Returns the last sequence number in use.
 fn replay_log(db: &Database, dir: &Path, objects_dir: &Path) -> Result<u64, ObjError> {
-    let applied = {
-        let tx = db.begin_read()?;
-        let t = tx.open_table(WAL_STATE)?;
-        let v = t.get("applied")?.map_or(0, |v| v.value());
-        v
-    };
+    let applied = applied_mark(db)?;
     let paths = WAL_FILES.map(|f| dir.join(f));
     // First pass: each generation's chain, to order them (a generation holds one contiguous run
     // of sequence numbers; the older one is replayed first).
@@ -1678,7 +1687,7 @@ fn replay_log(db: &Database, dir: &Path, objects_dir: &Path) -> Result<u64, ObjE
                 let mut data = r.data.chunks_exact(CHUNK_SIZE);
                 for (i, &flag) in r.flags.iter().enumerate() {
                     let c = r.first + i as u64;
-                    match if flag == 1 { data.next() } else { None } {
+                    match (flag == 1).then(|| data.next()).flatten() {
                         Some(chunk) => {
                             replay_file(&mut files, objects_dir, &r.key)?
                                 .write_all_at(chunk, c * CS)?;
@@ -1700,7 +1709,7 @@ fn replay_log(db: &Database, dir: &Path, objects_dir: &Path) -> Result<u64, ObjE
         let mut tx = db.begin_write()?;
         tx.set_durability(Durability::Immediate);
         put_metas(&tx, &metas)?;
-        tx.open_table(WAL_STATE)?.insert("applied", last)?;
+        set_applied(&tx, last)?;
         tx.commit()?;
         tracing::info!(
             records = n,
@@ -2222,10 +2231,7 @@ mod tests {
     }
 
     fn applied(db: &Database) -> u64 {
-        let tx = db.begin_read().unwrap();
-        let t = tx.open_table(WAL_STATE).unwrap();
-        let v = t.get("applied").unwrap().map_or(0, |v| v.value());
-        v
+        applied_mark(db).unwrap()
     }
 
     /// A store written before the log moved to files: records in both redb generations, in
