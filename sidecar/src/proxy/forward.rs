@@ -3,6 +3,7 @@
 //! retries.
 
 use crate::error::ProxyError;
+use crate::proxy::h1::is_hop_by_hop;
 use crate::proxy::pool::Pool;
 use crate::{Request, Response};
 use futures::future::BoxFuture;
@@ -91,22 +92,6 @@ impl Forward {
     }
 }
 
-/// Headers that describe one connection, not the message (RFC 9110 §7.6.1).
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    // A match on the lower-case name: a `const` array of `HeaderName`s was built, compared and
-    // dropped for every header of every message (4 % of the instructions per request).
-    matches!(
-        name.as_str(),
-        "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "proxy-authorization"
-            | "te"
-            | "transfer-encoding"
-            | "upgrade"
-    )
-}
-
 fn strip_hop_by_hop(h: &mut HeaderMap) {
     // Common case, none present: one pass over the names, no hashing, no allocation.
     if !h.keys().any(is_hop_by_hop) {
@@ -157,13 +142,9 @@ impl tower::Service<Request> for Forward {
         }
         let pool = self.pool.clone();
         Box::pin(async move {
+            // The answer comes without hop-by-hop headers (`h1` leaves them out).
             let resp = pool.send(&auth, req).await?;
-            let (mut parts, body) = resp.into_parts();
-            strip_hop_by_hop(&mut parts.headers);
-            Ok(Response::from_parts(
-                parts,
-                body.map_err(crate::box_err).boxed(),
-            ))
+            Ok(resp.map(|body| body.map_err(crate::box_err).boxed()))
         })
     }
 }

@@ -1,20 +1,17 @@
-//! Upstream HTTP/1.1 connections, kept alive and reused, on hyper's connection-level client.
-//!
-//! Why not hyper-util's pooled `Client`: for every HTTP/1 request it spawns a task that waits for the
-//! connection to become idle again before returning it to the pool, and checks connections out
-//! through a keyed pool behind its own locks and hashing — a second task, its wake-ups and its
-//! allocations on every request. Here a connection goes back to the idle list when its response body
-//! ends (the body wrapper does it), with no task of its own.
+//! Upstream HTTP/1.1 connections, kept alive and reused, each driven by the request using it
+//! (`h1.rs`: no connection task, no channel between the request and its connection).
 //!
 //! Rules:
 //! - **LIFO**: the most recently used idle connection goes first, so a burst's extra connections
 //!   age out while a steady load keeps reusing the warm ones.
-//! - **Only ready connections are reused.** A connection whose request body is still being sent (the
-//!   upstream answered early) stays in the list until it is ready or closed; checkout never waits for
-//!   one — it opens a new connection instead.
-//! - **A request never sent is never lost**: when a pooled connection turns out to be closed before
-//!   the request was written (the upstream's keep-alive ran out), hyper hands the request back and
-//!   it goes to the next connection — safe for every method, since the upstream never saw it.
+//! - **Back in the pool only when clean**: a connection returns to the idle list when its answer
+//!   body has been read to the end with nothing left over and the upstream allowed keep-alive. An
+//!   answer dropped early (client gone, deadline) takes its connection with it: it is closed.
+//! - **A dead idle connection is never used**: checkout skips one the reactor has seen become
+//!   readable (the upstream closed it, or sent something unasked). If a reused connection still
+//!   closes before any of the answer arrived (the upstream's keep-alive ran out as we wrote), a
+//!   bodyless request of an idempotent method is sent again on the next connection; anything else
+//!   fails as an upstream error, for the retry policy to judge.
 //! - **Bounded**: at most `max_idle` idle connections per upstream (the oldest is dropped first), and
 //!   none idle longer than `idle_timeout` is reused (swept lazily at each checkout and checkin of
 //!   that upstream). `max_idle` 0 is a fresh connection per request (canaries).
@@ -22,14 +19,11 @@
 //!   `Timeout(Connect)`, anything after the connection was made → `Upstream` (all local-origin).
 
 use crate::error::{ProxyError, TimeoutKind};
-use crate::proxy::forward::error_chain;
+use crate::proxy::h1::{self, Answer, Conn, Decoder, H1Error, Out};
 use crate::Body;
 use bytes::Bytes;
 use http::uri::Authority;
-use http_body::{Body as _, Frame, SizeHint};
-use hyper::body::Incoming;
-use hyper::client::conn::http1::{self, SendRequest};
-use hyper_util::rt::TokioIo;
+use http_body::{Frame, SizeHint};
 use std::collections::{HashMap, VecDeque};
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
@@ -39,7 +33,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 /// Pooled connections tried per request before a new one is opened (each failed one was closed
-/// under us without the request being sent).
+/// under us before answering).
 const MAX_STALE_TRIES: usize = 4;
 
 #[derive(Clone)]
@@ -55,7 +49,7 @@ struct Inner {
     max_idle: usize,
     idle_timeout: Duration,
     connect_timeout: Duration,
-    /// Each connection's read buffer cap (`upstream_buffer_bytes`); `None`: hyper's adaptive one.
+    /// Each connection's read cap (`upstream_buffer_bytes`); `None`: `h1`'s defaults.
     max_buf: Option<usize>,
 }
 
@@ -66,7 +60,7 @@ struct Host {
 }
 
 struct Idle {
-    tx: SendRequest<Body>,
+    conn: Conn,
     since: Instant,
 }
 
@@ -91,29 +85,37 @@ impl Pool {
         }
     }
 
-    /// Sends `req` (origin-form URI, `Host` set) to `auth` and returns the answer, whose body gives
-    /// the connection back to the pool when it ends.
+    /// Sends `req` (origin-form URI, `Host` set, hop-by-hop headers removed) to `auth` and returns
+    /// the answer, whose body gives the connection back to the pool when it ends.
     pub async fn send(
         &self,
         auth: &Authority,
-        mut req: http::Request<Body>,
+        req: http::Request<Body>,
     ) -> Result<http::Response<PooledBody>, ProxyError> {
         let host = self.host(auth);
+        let (parts, body) = req.into_parts();
+        let mut head = Vec::with_capacity(256);
+        let out = h1::encode_head(&parts, &body, &mut head).map_err(ProxyError::BadRequest)?;
+        let is_head = parts.method == http::Method::HEAD;
+        // Sent again on another connection when a reused one turns out closed: nothing of it is
+        // lost (no body) and the upstream did not answer it.
+        let resendable = out == Out::Empty && parts.method.is_idempotent();
+        let mut body = Some(body);
         for _ in 0..MAX_STALE_TRIES {
-            let Some(mut tx) = self.checkout(&host) else {
+            let Some(mut conn) = self.checkout(&host) else {
                 break;
             };
-            match tx.try_send_request(req).await {
-                Ok(resp) => return Ok(self.wrap(host, tx, resp)),
-                Err(mut e) => match e.take_message() {
-                    Some(unsent) => req = unsent,
-                    None => return Err(upstream_error(auth, e.error())),
-                },
+            let b = body.take().unwrap_or_else(crate::empty);
+            match conn.exchange(&head, b, out, is_head).await {
+                Ok(a) => return Ok(self.wrap(host, conn, a)),
+                Err(H1Error::ClosedBeforeAnswer) if resendable => continue,
+                Err(e) => return Err(upstream_error(auth, &e)),
             }
         }
-        let mut tx = self.connect(auth).await?;
-        match tx.send_request(req).await {
-            Ok(resp) => Ok(self.wrap(host, tx, resp)),
+        let mut conn = self.connect(auth).await?;
+        let b = body.take().unwrap_or_else(crate::empty);
+        match conn.exchange(&head, b, out, is_head).await {
+            Ok(a) => Ok(self.wrap(host, conn, a)),
             Err(e) => Err(upstream_error(auth, &e)),
         }
     }
@@ -133,46 +135,36 @@ impl Pool {
         }
     }
 
-    fn checkout(&self, host: &Host) -> Option<SendRequest<Body>> {
+    fn checkout(&self, host: &Host) -> Option<Conn> {
         let mut idle = lock(&host.idle);
-        if idle.is_empty() {
-            return None;
-        }
         let now = Instant::now();
         // Newest first; closed or expired ones are dropped (older ones behind them are swept at
         // checkin).
-        while let Some(c) = idle.back() {
-            if c.tx.is_closed() || now.duration_since(c.since) >= self.inner.idle_timeout {
-                idle.pop_back();
-                continue;
+        while let Some(c) = idle.pop_back() {
+            if now.duration_since(c.since) < self.inner.idle_timeout && c.conn.idle_ok() {
+                return Some(c.conn);
             }
-            if c.tx.is_ready() {
-                return idle.pop_back().map(|c| c.tx);
-            }
-            break;
         }
-        // The newest is busy finishing its request body: any other ready one will do.
-        let i = idle.iter().rposition(|c| c.tx.is_ready())?;
-        idle.remove(i).map(|c| c.tx)
+        None
     }
 
-    fn checkin(&self, host: &Host, tx: SendRequest<Body>) {
-        if self.inner.max_idle == 0 || tx.is_closed() {
+    fn checkin(&self, host: &Host, conn: Conn) {
+        if self.inner.max_idle == 0 {
             return;
         }
         let now = Instant::now();
         let mut idle = lock(&host.idle);
         while let Some(c) = idle.front() {
-            let stale = c.tx.is_closed() || now.duration_since(c.since) >= self.inner.idle_timeout;
+            let stale = now.duration_since(c.since) >= self.inner.idle_timeout;
             if !stale && idle.len() < self.inner.max_idle {
                 break;
             }
             idle.pop_front();
         }
-        idle.push_back(Idle { tx, since: now });
+        idle.push_back(Idle { conn, since: now });
     }
 
-    async fn connect(&self, auth: &Authority) -> Result<SendRequest<Body>, ProxyError> {
+    async fn connect(&self, auth: &Authority) -> Result<Conn, ProxyError> {
         let after = self.inner.connect_timeout;
         let addr = (auth.host(), auth.port_u16().unwrap_or(80));
         let tcp = match tokio::time::timeout(after, TcpStream::connect(addr)).await {
@@ -192,108 +184,105 @@ impl Pool {
             Ok(Ok(s)) => s,
         };
         let _ = tcp.set_nodelay(true);
-        let mut builder = http1::Builder::new();
-        if let Some(n) = self.inner.max_buf {
-            builder.max_buf_size(n);
-        }
-        let (tx, conn) =
-            builder
-                .handshake(TokioIo::new(tcp))
-                .await
-                .map_err(|e| ProxyError::Connect {
-                    upstream: auth.to_string(),
-                    msg: error_chain(&e),
-                })?;
-        let upstream = auth.clone();
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(%upstream, error = %e, "upstream connection ended with an error");
-            }
-        });
-        Ok(tx)
+        Ok(Conn::new(tcp, self.inner.max_buf))
     }
 
-    fn wrap(
-        &self,
-        host: Arc<Host>,
-        tx: SendRequest<Body>,
-        resp: http::Response<Incoming>,
-    ) -> http::Response<PooledBody> {
-        resp.map(|body| {
-            let mut b = PooledBody {
-                body,
-                ret: Some(Return {
-                    pool: self.clone(),
-                    host,
-                    tx,
-                }),
-            };
-            if b.body.is_end_stream() {
-                b.give_back();
-            }
-            b
-        })
+    fn wrap(&self, host: Arc<Host>, conn: Conn, a: Answer) -> http::Response<PooledBody> {
+        let mut b = PooledBody {
+            conn: Some(conn),
+            dec: a.body,
+            keep_alive: a.keep_alive,
+            ret: Some(Return {
+                pool: self.clone(),
+                host,
+            }),
+        };
+        if b.dec == Decoder::Done {
+            b.finish();
+        }
+        http::Response::from_parts(a.parts, b)
     }
 }
 
-fn upstream_error(auth: &Authority, e: &hyper::Error) -> ProxyError {
+fn upstream_error(auth: &Authority, e: &H1Error) -> ProxyError {
     ProxyError::Upstream {
         upstream: auth.to_string(),
-        msg: error_chain(e),
+        msg: crate::proxy::forward::error_chain(e),
     }
 }
 
 struct Return {
     pool: Pool,
     host: Arc<Host>,
-    tx: SendRequest<Body>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// An upstream answer's body; its connection goes back to the pool when the body has ended cleanly.
-/// Dropped early or failed, the connection is dropped with it (hyper closes it: the rest of the
-/// answer was never read).
+/// An upstream answer's body, read from its connection as it is polled; the connection goes back
+/// to the pool when the body has ended cleanly. Dropped early or failed, the connection is closed
+/// with it (the rest of the answer was never read).
 pub struct PooledBody {
-    body: Incoming,
+    /// `None` once the body has ended (the connection went back or was closed).
+    conn: Option<Conn>,
+    dec: Decoder,
+    keep_alive: bool,
     ret: Option<Return>,
 }
 
 impl PooledBody {
-    fn give_back(&mut self) {
-        if let Some(r) = self.ret.take() {
-            r.pool.checkin(&r.host, r.tx);
+    fn finish(&mut self) {
+        let (Some(conn), Some(r)) = (self.conn.take(), self.ret.take()) else {
+            return;
+        };
+        if self.keep_alive && conn.drained() {
+            r.pool.checkin(&r.host, conn);
         }
     }
 }
 
 impl http_body::Body for PooledBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = H1Error;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, H1Error>>> {
         let this = &mut *self;
-        let r = Pin::new(&mut this.body).poll_frame(cx);
-        match &r {
-            Poll::Ready(None) => this.give_back(),
-            Poll::Ready(Some(Ok(_))) if this.body.is_end_stream() => this.give_back(),
-            Poll::Ready(Some(Err(_))) => this.ret = None,
-            _ => {}
+        let Some(conn) = this.conn.as_mut() else {
+            return Poll::Ready(None);
+        };
+        match conn.poll_data(&mut this.dec, cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Ok(Some(d))) => {
+                if this.dec == Decoder::Done {
+                    this.finish();
+                }
+                Poll::Ready(Some(Ok(Frame::data(d))))
+            }
+            Poll::Ready(Ok(None)) => {
+                this.finish();
+                Poll::Ready(None)
+            }
+            Poll::Ready(Err(e)) => {
+                this.conn = None;
+                Poll::Ready(Some(Err(e)))
+            }
         }
-        r
     }
 
     fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
+        self.dec == Decoder::Done
     }
 
     fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
+        match self.dec {
+            Decoder::Done => SizeHint::with_exact(0),
+            Decoder::Length(n) => SizeHint::with_exact(n),
+            _ => SizeHint::default(),
+        }
     }
 }
 
