@@ -192,11 +192,9 @@ pub struct ListenerConfig {
     /// Largest accepted request head (HTTP/1 buffer, HTTP/2 header list), bytes.
     #[serde(default = "default_max_header_bytes")]
     pub max_header_bytes: usize,
-    /// Cap on each upstream HTTP/1 connection's read buffer, bytes (also the largest response
-    /// head accepted from the upstream; a bigger one is a 502). Unset: hyper's adaptive buffer,
-    /// which grows to fit what arrives (up to ~400 KiB per connection). A memory-for-CPU knob:
-    /// with 64 connections of 64 KiB responses, 32 KiB kept the sidecar at 18 MiB instead of
-    /// ~30 MiB, at ~1.26x the CPU per request (more, smaller reads and writes; docs/BENCHMARKS.md).
+    /// Largest response head accepted from the upstream and largest single body read, bytes (a
+    /// bigger head is a 502). Unset: heads up to 408 KiB, body reads of up to 64 KiB (`proxy/h1.rs`).
+    /// Smaller bounds the memory an in-flight answer holds, at more system calls per large body.
     #[serde(default)]
     pub upstream_buffer_bytes: Option<usize>,
     /// Inbound HTTP: peer sidecars' matching public addresses that reads fail over to when the
@@ -227,7 +225,8 @@ fn default_header_timeout() -> Duration {
 fn default_max_header_bytes() -> usize {
     64 * 1024
 }
-/// hyper's HTTP/1 minimum buffer (it panics below it).
+/// Below this a head with a few cookies would not fit (and it was hyper's minimum, which the
+/// setting kept when the upstream client was hyper's).
 const MIN_UPSTREAM_BUFFER: usize = 8192;
 const MAX_UPSTREAM_BUFFER: usize = 64 << 20;
 

@@ -34,7 +34,7 @@ pub struct Forward {
 const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Forward {
-    /// `max_buf`: the upstream read buffer cap (`upstream_buffer_bytes`), `None` for hyper's.
+    /// `max_buf`: `upstream_buffer_bytes` (head and body read cap), `None` for `h1`'s defaults.
     pub fn new(target: Target, connect_timeout: Duration, max_buf: Option<usize>) -> Self {
         Self::with_pool(target, connect_timeout, 256, max_buf)
     }
