@@ -345,4 +345,6 @@ if have gnuplot; then  # optional chart (apt-get install gnuplot-nox)
   gnuplot -e "tsv='$OUT/chart.tsv'; out='$OUT/overhead.png'" "$HERE/proxy/chart.gp" 2>/dev/null \
     && echo "chart: $OUT/overhead.png"
 fi
+$PY "$HERE/proxy/chart.py" "$OUT/chart.tsv" "$OUT/overhead.svg" "$(date -u '+%F %H:%M UTC')" \
+  && echo "chart: $OUT/overhead.svg" || true
 echo "results in $OUT"

@@ -13,8 +13,9 @@
 //! - **Request body**: `content-length` when the request carries one or its size is known, else
 //!   chunked; a body that turns out longer or shorter than its `content-length` fails the exchange.
 //!   The body is sent while the socket is watched for an early answer (an upstream refusing an
-//!   upload with 413 need not read it first): a final answer stops the upload and the connection is
-//!   not reused.
+//!   upload with 413 need not read it first). An early error answer stops the upload; an early
+//!   success lets the rest of it go on while the answer body is read (an upstream may stream its
+//!   answer as it reads). Either way the connection is not reused.
 //! - **Response body**: none for HEAD, 1xx, 204 and 304; chunked when `transfer-encoding` ends in
 //!   `chunked`; else `content-length`; else until the upstream closes. Interim 1xx answers (100
 //!   Continue) are skipped; 101 is an error (the proxy strips `Upgrade`, so none was asked for).
@@ -31,7 +32,6 @@ use crate::{Body, BoxError};
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode, Version};
-use http_body_util::BodyExt;
 use std::collections::VecDeque;
 use std::io::{self, IoSlice};
 use std::mem::MaybeUninit;
@@ -104,6 +104,35 @@ pub struct Answer {
     pub parts: http::response::Parts,
     pub body: Decoder,
     pub keep_alive: bool,
+    /// The rest of a request body still to send (the upstream answered early with a success).
+    pub upload: Option<Upload>,
+}
+
+/// A request body on its way out: what is framed but not yet written, and what is still to come.
+pub struct Upload {
+    body: Body,
+    pending: VecDeque<Bytes>,
+    /// Bytes still due under `content-length` framing.
+    left: Option<u64>,
+    chunked: bool,
+    done: bool,
+}
+
+impl Upload {
+    fn new(head: &[u8], body: Body, out: Out) -> Self {
+        let mut pending = VecDeque::with_capacity(4);
+        pending.push_back(Bytes::copy_from_slice(head));
+        Self {
+            body,
+            pending,
+            left: match out {
+                Out::Length(n) => Some(n),
+                _ => None,
+            },
+            chunked: out == Out::Chunked,
+            done: false,
+        }
+    }
 }
 
 /// Writes the request line and headers for `parts` into `out`, with the framing header the body
@@ -293,98 +322,119 @@ impl Conn {
     }
 
     /// Writes the head and the body while watching for an early final answer, which is returned
-    /// (with the connection marked not reusable: the upload was cut short).
+    /// with the connection marked not reusable. After an early error answer (4xx/5xx) the upload
+    /// stops (RFC 9112 §9.3: the upstream does not want the rest); after an early success the rest
+    /// of the upload goes on as the answer body is read (an upstream may stream its answer while
+    /// it reads).
     async fn send_body(
         &mut self,
         head: &[u8],
-        mut body: Body,
+        body: Body,
         out: Out,
         is_head: bool,
     ) -> Result<Option<Answer>, H1Error> {
-        let mut pending: VecDeque<Bytes> = VecDeque::with_capacity(4);
-        pending.push_back(Bytes::copy_from_slice(head));
-        let mut left = match out {
-            Out::Length(n) => Some(n),
-            _ => None,
-        };
-        let chunked = out == Out::Chunked;
-        let mut body_done = false;
-        while !(body_done && pending.is_empty()) {
-            tokio::select! {
-                biased;
-                r = self.io.readable() => {
-                    r?;
-                    self.buf.reserve(HEAD_READ);
-                    match self.io.try_read_buf(&mut self.buf) {
-                        Ok(0) => {
-                            return Err(if self.buf.is_empty() {
-                                H1Error::ClosedBeforeAnswer
+        let mut up = Upload::new(head, body, out);
+        // The answer side first: an early answer is taken before more of the upload is written.
+        let early = std::future::poll_fn(|cx| loop {
+            let before = self.buf.len();
+            match self.poll_fill(cx, HEAD_READ) {
+                Poll::Ready(Ok(0)) if before == 0 => {
+                    return Poll::Ready(Err(H1Error::ClosedBeforeAnswer))
+                }
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready(Err(H1Error::Invalid(
+                        "connection closed in the middle of the head".into(),
+                    )))
+                }
+                Poll::Ready(Ok(_)) => {
+                    if let Some(a) = self.parse_head(is_head)? {
+                        return Poll::Ready(Ok(Some(a)));
+                    }
+                    continue;
+                }
+                Poll::Ready(Err(e)) if before == 0 => return Poll::Ready(Err(closed_or(e))),
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e.into())),
+                Poll::Pending => {}
+            }
+            return match self.poll_upload(&mut up, cx) {
+                Poll::Ready(Ok(())) => Poll::Ready(Ok::<_, H1Error>(None)),
+                Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+                Poll::Pending => Poll::Pending,
+            };
+        })
+        .await?;
+        Ok(early.map(|mut a| {
+            a.keep_alive = false;
+            if a.parts.status.as_u16() < 400 {
+                a.upload = Some(up);
+            }
+            a
+        }))
+    }
+
+    /// Moves an upload on as far as it goes without waiting; ready once all of it is written.
+    pub fn poll_upload(
+        &mut self,
+        up: &mut Upload,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<(), H1Error>> {
+        use http_body::Body as _;
+        loop {
+            if !up.pending.is_empty() {
+                ready!(self.io.poll_write_ready(cx))?;
+                let slices: Vec<IoSlice<'_>> = up.pending.iter().map(|b| IoSlice::new(b)).collect();
+                match self.io.try_write_vectored(&slices) {
+                    Ok(mut n) => {
+                        while n > 0 {
+                            let front = up.pending.front_mut().expect("wrote more than pending");
+                            if n >= front.len() {
+                                n -= front.len();
+                                up.pending.pop_front();
                             } else {
-                                H1Error::Invalid("connection closed in the middle of the head".into())
-                            })
-                        }
-                        Ok(_) => {
-                            if let Some(mut a) = self.parse_head(is_head)? {
-                                a.keep_alive = false;
-                                return Ok(Some(a));
+                                front.advance(n);
+                                n = 0;
                             }
                         }
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                        Err(e) => return Err(e.into()),
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Poll::Ready(Err(closed_or(e))),
+                }
+                continue;
+            }
+            if up.done {
+                return Poll::Ready(Ok(()));
+            }
+            match ready!(Pin::new(&mut up.body).poll_frame(cx)) {
+                None => {
+                    up.done = true;
+                    if up.left.is_some_and(|l| l != 0) {
+                        return Poll::Ready(Err(H1Error::BodyLength));
+                    }
+                    if up.chunked {
+                        up.pending.push_back(Bytes::from_static(b"0\r\n\r\n"));
                     }
                 }
-                r = self.io.writable(), if !pending.is_empty() => {
-                    r?;
-                    let slices: Vec<IoSlice<'_>> = pending.iter().map(|b| IoSlice::new(b)).collect();
-                    match self.io.try_write_vectored(&slices) {
-                        Ok(mut n) => {
-                            while n > 0 {
-                                let front = pending.front_mut().expect("wrote more than pending");
-                                if n >= front.len() {
-                                    n -= front.len();
-                                    pending.pop_front();
-                                } else {
-                                    front.advance(n);
-                                    n = 0;
-                                }
-                            }
+                Some(Err(e)) => return Poll::Ready(Err(H1Error::RequestBody(e))),
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(d) if d.is_empty() => {}
+                    Ok(d) => {
+                        if let Some(l) = up.left.as_mut() {
+                            *l = l.checked_sub(d.len() as u64).ok_or(H1Error::BodyLength)?;
                         }
-                        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                        Err(e) => return Err(closed_or(e)),
-                    }
-                }
-                f = body.frame(), if pending.is_empty() && !body_done => match f {
-                    None => {
-                        body_done = true;
-                        if left.is_some_and(|l| l != 0) {
-                            return Err(H1Error::BodyLength);
-                        }
-                        if chunked {
-                            pending.push_back(Bytes::from_static(b"0\r\n\r\n"));
+                        if up.chunked {
+                            up.pending
+                                .push_back(Bytes::from(format!("{:x}\r\n", d.len())));
+                            up.pending.push_back(d);
+                            up.pending.push_back(Bytes::from_static(b"\r\n"));
+                        } else {
+                            up.pending.push_back(d);
                         }
                     }
-                    Some(Err(e)) => return Err(H1Error::RequestBody(e)),
-                    Some(Ok(frame)) => match frame.into_data() {
-                        Ok(d) if d.is_empty() => {}
-                        Ok(d) => {
-                            if let Some(l) = left.as_mut() {
-                                *l = l.checked_sub(d.len() as u64).ok_or(H1Error::BodyLength)?;
-                            }
-                            if chunked {
-                                pending.push_back(Bytes::from(format!("{:x}\r\n", d.len())));
-                                pending.push_back(d);
-                                pending.push_back(Bytes::from_static(b"\r\n"));
-                            } else {
-                                pending.push_back(d);
-                            }
-                        }
-                        // Request trailers are dropped (no upstream of ours reads them).
-                        Err(_) => {}
-                    },
+                    // Request trailers are dropped (no upstream of ours reads them).
+                    Err(_) => {}
                 },
             }
         }
-        Ok(None)
     }
 
     /// Parses a final answer head from the buffer if a whole one is there (interim 1xx answers are
@@ -530,6 +580,7 @@ impl Conn {
                 parts,
                 body,
                 keep_alive,
+                upload: None,
             }));
         }
     }

@@ -19,7 +19,7 @@
 //!   `Timeout(Connect)`, anything after the connection was made → `Upstream` (all local-origin).
 
 use crate::error::{ProxyError, TimeoutKind};
-use crate::proxy::h1::{self, Answer, Conn, Decoder, H1Error, Out};
+use crate::proxy::h1::{self, Answer, Conn, Decoder, H1Error, Out, Upload};
 use crate::Body;
 use bytes::Bytes;
 use http::uri::Authority;
@@ -192,6 +192,7 @@ impl Pool {
             conn: Some(conn),
             dec: a.body,
             keep_alive: a.keep_alive,
+            upload: a.upload,
             ret: Some(Return {
                 pool: self.clone(),
                 host,
@@ -228,6 +229,8 @@ pub struct PooledBody {
     conn: Option<Conn>,
     dec: Decoder,
     keep_alive: bool,
+    /// The rest of the request body, after an early success answer: sent as this body is read.
+    upload: Option<Upload>,
     ret: Option<Return>,
 }
 
@@ -254,6 +257,17 @@ impl http_body::Body for PooledBody {
         let Some(conn) = this.conn.as_mut() else {
             return Poll::Ready(None);
         };
+        if let Some(up) = this.upload.as_mut() {
+            match conn.poll_upload(up, cx) {
+                Poll::Ready(Ok(())) => this.upload = None,
+                Poll::Ready(Err(e)) => {
+                    this.conn = None;
+                    this.upload = None;
+                    return Poll::Ready(Some(Err(e)));
+                }
+                Poll::Pending => {}
+            }
+        }
         match conn.poll_data(&mut this.dec, cx) {
             Poll::Pending => Poll::Pending,
             Poll::Ready(Ok(Some(d))) => {
@@ -428,6 +442,61 @@ mod tests {
         drop(resp);
         assert_eq!(pool.idle_count(&auth), 0);
         assert_eq!(fetch(&pool, &auth).await, "partial");
+    }
+
+    #[tokio::test]
+    async fn an_upstream_streaming_its_answer_while_reading_the_upload_gets_all_of_it() {
+        // The upstream answers right after the head and echoes the upload as it reads it: the
+        // upload must go on while the answer body is read, or both sides wait for each other.
+        const N: usize = 8 << 20;
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let auth: Authority = l.local_addr().unwrap().to_string().parse().unwrap();
+        tokio::spawn(async move {
+            let (mut s, _) = l.accept().await.unwrap();
+            let mut buf = vec![0u8; 65536];
+            let mut got = Vec::new();
+            let end = loop {
+                let n = s.read(&mut buf).await.unwrap();
+                got.extend_from_slice(&buf[..n]);
+                if let Some(i) = got.windows(4).position(|w| w == b"\r\n\r\n") {
+                    break i + 4;
+                }
+            };
+            let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {N}\r\n\r\n");
+            s.write_all(head.as_bytes()).await.unwrap();
+            let mut echoed = got.len() - end;
+            s.write_all(&got[end..]).await.unwrap();
+            while echoed < N {
+                let n = s.read(&mut buf).await.unwrap();
+                assert!(n > 0, "upload stopped after {echoed} bytes");
+                s.write_all(&buf[..n]).await.unwrap();
+                echoed += n;
+            }
+        });
+        let pool = Pool::new(
+            None,
+            8,
+            Duration::from_secs(30),
+            Duration::from_secs(1),
+            None,
+        );
+        let req = http::Request::put("/echo")
+            .header("host", auth.as_str())
+            .body(crate::full(vec![9u8; N]))
+            .unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(30), async {
+            let resp = pool.send(&auth, req).await.unwrap();
+            resp.into_body().collect().await.unwrap().to_bytes()
+        })
+        .await
+        .expect("upload and answer waited for each other");
+        assert_eq!(got.len(), N);
+        assert!(got.iter().all(|&b| b == 9));
+        assert_eq!(
+            pool.idle_count(&auth),
+            0,
+            "an early answer's connection is not reused"
+        );
     }
 
     #[tokio::test]

@@ -279,12 +279,22 @@ async fn a_body_longer_than_its_content_length_fails_the_exchange() {
 async fn an_early_answer_ends_an_upload_the_upstream_does_not_read() {
     // The upstream answers 413 after the head and never reads the 64 MiB body: sending the whole
     // body first would block once the socket buffers fill.
-    let (addr, _up) = scripted(
-        b"\r\n\r\n",
-        b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 3\r\n\r\nbig",
-        false,
-    )
-    .await;
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut s, _) = l.accept().await.unwrap();
+        let mut chunk = [0u8; 4096];
+        let mut got = Vec::new();
+        while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = s.read(&mut chunk).await.unwrap();
+            got.extend_from_slice(&chunk[..n]);
+        }
+        s.write_all(b"HTTP/1.1 413 Payload Too Large\r\ncontent-length: 3\r\n\r\nbig")
+            .await
+            .unwrap();
+        // Holds the connection without reading (bounded), as a server refusing an upload does.
+        tokio::time::sleep(Duration::from_secs(10)).await;
+    });
     let mut c = conn(addr, None).await;
     static CHUNK: [u8; 65536] = [7u8; 65536];
     let frames = (0..1024).map(|_| Ok::<_, BoxError>(Frame::data(Bytes::from_static(&CHUNK))));
