@@ -7,8 +7,12 @@ chart.tsv (written by summarize.py): target cpu_1k cpu_64k rps_1k rps_64k  (medi
 """
 import csv
 import math
+import os
 import sys
 from xml.sax.saxutils import escape
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+import svgbars  # noqa: E402
 
 tsv, out_svg = sys.argv[1:3]
 subtitle = sys.argv[3] if len(sys.argv) > 3 else ""
@@ -41,16 +45,6 @@ def val(t, metric, size):
     return v if math.isfinite(v) else math.nan
 
 
-def nice_max(v):
-    if not v or v != v or v <= 0:
-        return 1.0
-    e = 10 ** math.floor(math.log10(v))
-    for m in (1, 1.2, 1.5, 2, 2.5, 3, 4, 5, 6, 8, 10):
-        if m * e >= v * 1.08:
-            return m * e
-    return 10 * e
-
-
 def fmt(v, metric):
     if v != v:
         return "n/a"
@@ -64,10 +58,8 @@ def fmt(v, metric):
 W, H = 1100, 470
 PW, PH = 460, 300          # plot area of one panel
 TOP, LEFT0, GAP = 80, 70, 95
-out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" '
-       'font-family="DejaVu Sans, Helvetica, Arial, sans-serif" font-size="12">',
-       f'<rect width="{W}" height="{H}" fill="white"/>',
-       f'<text x="20" y="48" fill="#444">{escape(subtitle)}</text>']
+chart = svgbars.Chart(W, H, PW, PH, TOP, LEFT0, GAP, subtitle)
+out = chart.out
 ratios = []
 for size, short in GROUPS:
     s, h = val("sidecar", "cpu", size), val("haproxy", "cpu", size)
@@ -79,45 +71,13 @@ if ratios:
 out.append('<text x="20" y="28" font-size="17" font-weight="bold">'
            'Sidecar proxy overhead (bench/proxy.sh, wrk saturation runs, medians)</text>')
 for p, (title, metric) in enumerate(PANELS):
-    x0 = LEFT0 + p * (PW + GAP)
-    y0 = TOP + PH  # baseline
     # a target is drawn in a panel if it has a value there (direct has no proxy CPU)
     present = [t for t in targets if any(val(t, metric, s) == val(t, metric, s) for s, _ in GROUPS)]
-    vmax = nice_max(max([val(t, metric, s) for t in present for s, _ in GROUPS
-                         if val(t, metric, s) == val(t, metric, s)] or [0]))
-    out.append(f'<text x="{x0 + PW / 2}" y="{TOP - 12}" text-anchor="middle" font-weight="bold">'
-               f'{escape(title)}</text>')
-    for k in range(6):  # grid and y ticks
-        v = vmax * k / 5
-        y = y0 - PH * k / 5
-        out.append(f'<line x1="{x0}" y1="{y:.1f}" x2="{x0 + PW}" y2="{y:.1f}" stroke="#e3e3e3"/>')
-        tick = f"{v / 1000:g}k" if vmax >= 10000 and k else (f"{v:.0f}" if vmax >= 10 else f"{v:.1f}")
-        out.append(f'<text x="{x0 - 6}" y="{y + 4:.1f}" text-anchor="end" fill="#555">{tick}</text>')
-    out.append(f'<line x1="{x0}" y1="{y0}" x2="{x0 + PW}" y2="{y0}" stroke="#333"/>')
-    out.append(f'<line x1="{x0}" y1="{TOP}" x2="{x0}" y2="{y0}" stroke="#333"/>')
-    gw = PW / len(GROUPS)
-    n = max(1, len(present))
-    bw = min(60, (gw - 30) / n)
-    vfs = 11 if bw >= 36 else 10  # value font size: narrower bars, smaller numbers
-    for g, (size, gl) in enumerate(GROUPS):
-        gx = x0 + g * gw + (gw - bw * n) / 2
-        for i, t in enumerate(present):
-            v = val(t, metric, size)
-            x = gx + i * bw
-            if v != v:
-                out.append(f'<text x="{x + bw / 2:.1f}" y="{y0 - 6}" text-anchor="middle" fill="#999" '
-                           'font-size="10">n/a</text>')
-                continue
-            h = PH * v / vmax
-            out.append(f'<rect x="{x + 2:.1f}" y="{y0 - h:.1f}" width="{bw - 4:.1f}" height="{h:.1f}" '
-                       f'fill="{color[t]}"><title>{escape(label[t])} {gl}: {fmt(v, metric)}</title></rect>')
-            out.append(f'<text x="{x + bw / 2:.1f}" y="{y0 - h - 4:.1f}" text-anchor="middle" '
-                       f'font-size="{vfs}">{fmt(v, metric)}</text>')
-        out.append(f'<text x="{x0 + g * gw + gw / 2:.1f}" y="{y0 + 18}" text-anchor="middle">{escape(gl)}</text>')
-lx = LEFT0
-for t in targets:  # legend
-    out.append(f'<rect x="{lx}" y="{H - 40}" width="14" height="14" fill="{color[t]}"/>')
-    out.append(f'<text x="{lx + 20}" y="{H - 28}">{escape(label[t])}</text>')
-    lx += 30 + 7.2 * len(label[t])
-out.append("</svg>")
-open(out_svg, "w", encoding="utf-8").write("\n".join(out) + "\n")
+    chart.panel(p, title, GROUPS, [(t, color[t]) for t in present],
+                value=lambda t, size, metric=metric: val(t, metric, size),
+                fmt=lambda v, metric=metric: fmt(v, metric),
+                tip=lambda t, _size, gl: f"{label[t]} {gl}",
+                k_at_zero=False,  # the bottom tick is "0", not "0k"
+                value_font=lambda bw: 11 if bw >= 36 else 10)  # narrower bars, smaller numbers
+chart.legend([(color[t], label[t]) for t in targets])
+chart.write(out_svg)
