@@ -301,22 +301,26 @@ impl Conn {
         } else if let Some(early) = self.send_body(head, body, out, is_head).await? {
             return Ok(early);
         }
+        std::future::poll_fn(|cx| self.poll_head(cx, is_head)).await
+    }
+
+    /// Reads until a whole final answer head is buffered, and parses it.
+    fn poll_head(&mut self, cx: &mut Context<'_>, is_head: bool) -> Poll<Result<Answer, H1Error>> {
         loop {
             if let Some(a) = self.parse_head(is_head)? {
-                return Ok(a);
+                return Poll::Ready(Ok(a));
             }
             let before = self.buf.len();
-            let n = match std::future::poll_fn(|cx| self.poll_fill(cx, HEAD_READ)).await {
-                Ok(n) => n,
-                Err(e) if before == 0 => return Err(closed_or(e)),
-                Err(e) => return Err(e.into()),
-            };
-            if n == 0 {
-                return Err(if before == 0 {
-                    H1Error::ClosedBeforeAnswer
-                } else {
-                    H1Error::Invalid("connection closed in the middle of the head".into())
-                });
+            match ready!(self.poll_fill(cx, HEAD_READ)) {
+                Ok(0) if before == 0 => return Poll::Ready(Err(H1Error::ClosedBeforeAnswer)),
+                Ok(0) => {
+                    return Poll::Ready(Err(H1Error::Invalid(
+                        "connection closed in the middle of the head".into(),
+                    )))
+                }
+                Ok(_) => {}
+                Err(e) if before == 0 => return Poll::Ready(Err(closed_or(e))),
+                Err(e) => return Poll::Ready(Err(e.into())),
             }
         }
     }
@@ -335,32 +339,11 @@ impl Conn {
     ) -> Result<Option<Answer>, H1Error> {
         let mut up = Upload::new(head, body, out);
         // The answer side first: an early answer is taken before more of the upload is written.
-        let early = std::future::poll_fn(|cx| loop {
-            let before = self.buf.len();
-            match self.poll_fill(cx, HEAD_READ) {
-                Poll::Ready(Ok(0)) if before == 0 => {
-                    return Poll::Ready(Err(H1Error::ClosedBeforeAnswer))
-                }
-                Poll::Ready(Ok(0)) => {
-                    return Poll::Ready(Err(H1Error::Invalid(
-                        "connection closed in the middle of the head".into(),
-                    )))
-                }
-                Poll::Ready(Ok(_)) => {
-                    if let Some(a) = self.parse_head(is_head)? {
-                        return Poll::Ready(Ok(Some(a)));
-                    }
-                    continue;
-                }
-                Poll::Ready(Err(e)) if before == 0 => return Poll::Ready(Err(closed_or(e))),
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e.into())),
-                Poll::Pending => {}
+        let early = std::future::poll_fn(|cx| {
+            if let Poll::Ready(r) = self.poll_head(cx, is_head) {
+                return Poll::Ready(r.map(Some));
             }
-            return match self.poll_upload(&mut up, cx) {
-                Poll::Ready(Ok(())) => Poll::Ready(Ok::<_, H1Error>(None)),
-                Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
-                Poll::Pending => Poll::Pending,
-            };
+            self.poll_upload(&mut up, cx).map_ok(|()| None)
         })
         .await?;
         Ok(early.map(|mut a| {
@@ -382,8 +365,13 @@ impl Conn {
         loop {
             if !up.pending.is_empty() {
                 ready!(self.io.poll_write_ready(cx))?;
-                let slices: Vec<IoSlice<'_>> = up.pending.iter().map(|b| IoSlice::new(b)).collect();
-                match self.io.try_write_vectored(&slices) {
+                // At most four pieces are pending (head, or a chunk's size line, data and CRLF).
+                let mut slices = [IoSlice::new(&[]); 4];
+                for (s, b) in slices.iter_mut().zip(&up.pending) {
+                    *s = IoSlice::new(b);
+                }
+                let n = up.pending.len().min(slices.len());
+                match self.io.try_write_vectored(&slices[..n]) {
                     Ok(mut n) => {
                         while n > 0 {
                             let front = up.pending.front_mut().expect("wrote more than pending");
