@@ -585,118 +585,140 @@ impl Conn {
         dec: &mut Decoder,
         cx: &mut Context<'_>,
     ) -> Poll<Result<Option<Bytes>, H1Error>> {
-        loop {
-            let want = match dec {
-                Decoder::Done => return Poll::Ready(Ok(None)),
-                Decoder::Length(rem) => {
-                    if !self.buf.is_empty() {
-                        let n = (*rem).min(self.buf.len() as u64) as usize;
-                        *rem -= n as u64;
-                        if *rem == 0 {
-                            *dec = Decoder::Done;
-                        }
-                        return Poll::Ready(Ok(Some(self.buf.split_to(n).freeze())));
-                    }
-                    (*rem).min(self.read_chunk as u64) as usize
-                }
-                Decoder::Eof => {
-                    if !self.buf.is_empty() {
-                        return Poll::Ready(Ok(Some(self.buf.split().freeze())));
-                    }
-                    if ready!(self.poll_fill(cx, self.read_chunk))? == 0 {
+        let Self {
+            io,
+            buf,
+            read_chunk,
+            ..
+        } = self;
+        poll_decode(buf, dec, *read_chunk, cx, |b, want, cx| {
+            b.reserve(want);
+            tokio_util::io::poll_read_buf(Pin::new(&mut *io), cx, b)
+        })
+    }
+}
+
+/// The next piece of a body framed by `dec` out of `buf`, reading more with `fill` (which gets
+/// the room it should make) when what is buffered does not finish a piece. Shared by answers read
+/// from upstreams and request bodies read from clients (`server.rs`).
+pub(crate) fn poll_decode(
+    buf: &mut BytesMut,
+    dec: &mut Decoder,
+    read_chunk: usize,
+    cx: &mut Context<'_>,
+    mut fill: impl FnMut(&mut BytesMut, usize, &mut Context<'_>) -> Poll<io::Result<usize>>,
+) -> Poll<Result<Option<Bytes>, H1Error>> {
+    loop {
+        let want = match dec {
+            Decoder::Done => return Poll::Ready(Ok(None)),
+            Decoder::Length(rem) => {
+                if !buf.is_empty() {
+                    let n = (*rem).min(buf.len() as u64) as usize;
+                    *rem -= n as u64;
+                    if *rem == 0 {
                         *dec = Decoder::Done;
-                        return Poll::Ready(Ok(None));
                     }
-                    continue;
+                    return Poll::Ready(Ok(Some(buf.split_to(n).freeze())));
                 }
-                Decoder::Chunked(st) => match self.step_chunked(st)? {
-                    Step::Data(d) => return Poll::Ready(Ok(Some(d))),
-                    Step::End => {
-                        *dec = Decoder::Done;
-                        return Poll::Ready(Ok(None));
-                    }
-                    Step::Again => continue,
-                    Step::Need => match st {
-                        Chunk::Data(rem) => (*rem).min(self.read_chunk as u64) as usize,
-                        _ => MAX_CHUNK_LINE,
-                    },
-                },
-            };
-            if ready!(self.poll_fill(cx, want))? == 0 {
-                return Poll::Ready(Err(H1Error::Truncated));
+                (*rem).min(read_chunk as u64) as usize
             }
+            Decoder::Eof => {
+                if !buf.is_empty() {
+                    return Poll::Ready(Ok(Some(buf.split().freeze())));
+                }
+                if ready!(fill(buf, read_chunk, cx))? == 0 {
+                    *dec = Decoder::Done;
+                    return Poll::Ready(Ok(None));
+                }
+                continue;
+            }
+            Decoder::Chunked(st) => match step_chunked(buf, st)? {
+                Step::Data(d) => return Poll::Ready(Ok(Some(d))),
+                Step::End => {
+                    *dec = Decoder::Done;
+                    return Poll::Ready(Ok(None));
+                }
+                Step::Again => continue,
+                Step::Need => match st {
+                    Chunk::Data(rem) => (*rem).min(read_chunk as u64) as usize,
+                    _ => MAX_CHUNK_LINE,
+                },
+            },
+        };
+        if ready!(fill(buf, want, cx))? == 0 {
+            return Poll::Ready(Err(H1Error::Truncated));
         }
     }
+}
 
-    /// One step of the chunked decoder over what is buffered.
-    fn step_chunked(&mut self, st: &mut Chunk) -> Result<Step, H1Error> {
-        match st {
-            Chunk::Size => {
-                let Some(eol) = find_crlf(&self.buf) else {
-                    if self.buf.len() > MAX_CHUNK_LINE {
-                        return Err(H1Error::Invalid("chunk size line too long".into()));
-                    }
-                    return Ok(Step::Need);
-                };
-                let line = &self.buf[..eol];
-                let digits = line
-                    .iter()
-                    .position(|b| !b.is_ascii_hexdigit())
-                    .unwrap_or(line.len());
-                let rest = line[digits..].trim_ascii_start();
-                if digits == 0 || digits > 15 || !(rest.is_empty() || rest[0] == b';') {
-                    return Err(H1Error::Invalid("chunk size".into()));
+/// One step of the chunked decoder over what is buffered.
+fn step_chunked(buf: &mut BytesMut, st: &mut Chunk) -> Result<Step, H1Error> {
+    match st {
+        Chunk::Size => {
+            let Some(eol) = find_crlf(buf) else {
+                if buf.len() > MAX_CHUNK_LINE {
+                    return Err(H1Error::Invalid("chunk size line too long".into()));
                 }
-                let size = line[..digits].iter().fold(0u64, |acc, &b| {
-                    acc * 16 + u64::from((b as char).to_digit(16).unwrap_or(0))
-                });
-                self.buf.advance(eol + 2);
-                *st = if size == 0 {
-                    Chunk::Trailers(0)
-                } else {
-                    Chunk::Data(size)
-                };
-                Ok(Step::Again)
+                return Ok(Step::Need);
+            };
+            let line = &buf[..eol];
+            let digits = line
+                .iter()
+                .position(|b| !b.is_ascii_hexdigit())
+                .unwrap_or(line.len());
+            let rest = line[digits..].trim_ascii_start();
+            if digits == 0 || digits > 15 || !(rest.is_empty() || rest[0] == b';') {
+                return Err(H1Error::Invalid("chunk size".into()));
             }
-            Chunk::Data(rem) => {
-                if self.buf.is_empty() {
-                    return Ok(Step::Need);
-                }
-                let n = (*rem).min(self.buf.len() as u64) as usize;
-                *rem -= n as u64;
-                if *rem == 0 {
-                    *st = Chunk::DataEnd;
-                }
-                Ok(Step::Data(self.buf.split_to(n).freeze()))
+            let size = line[..digits].iter().fold(0u64, |acc, &b| {
+                acc * 16 + u64::from((b as char).to_digit(16).unwrap_or(0))
+            });
+            buf.advance(eol + 2);
+            *st = if size == 0 {
+                Chunk::Trailers(0)
+            } else {
+                Chunk::Data(size)
+            };
+            Ok(Step::Again)
+        }
+        Chunk::Data(rem) => {
+            if buf.is_empty() {
+                return Ok(Step::Need);
             }
-            Chunk::DataEnd => {
-                if self.buf.len() < 2 {
-                    return Ok(Step::Need);
-                }
-                if &self.buf[..2] != b"\r\n" {
-                    return Err(H1Error::Invalid("chunk not followed by CRLF".into()));
-                }
-                self.buf.advance(2);
-                *st = Chunk::Size;
-                Ok(Step::Again)
+            let n = (*rem).min(buf.len() as u64) as usize;
+            *rem -= n as u64;
+            if *rem == 0 {
+                *st = Chunk::DataEnd;
             }
-            Chunk::Trailers(seen) => {
-                let Some(eol) = find_crlf(&self.buf) else {
-                    if *seen + self.buf.len() > MAX_TRAILERS {
-                        return Err(H1Error::Invalid("trailers too large".into()));
-                    }
-                    return Ok(Step::Need);
-                };
-                self.buf.advance(eol + 2);
-                if eol == 0 {
-                    return Ok(Step::End);
-                }
-                *seen += eol + 2;
-                if *seen > MAX_TRAILERS {
+            Ok(Step::Data(buf.split_to(n).freeze()))
+        }
+        Chunk::DataEnd => {
+            if buf.len() < 2 {
+                return Ok(Step::Need);
+            }
+            if &buf[..2] != b"\r\n" {
+                return Err(H1Error::Invalid("chunk not followed by CRLF".into()));
+            }
+            buf.advance(2);
+            *st = Chunk::Size;
+            Ok(Step::Again)
+        }
+        Chunk::Trailers(seen) => {
+            let Some(eol) = find_crlf(buf) else {
+                if *seen + buf.len() > MAX_TRAILERS {
                     return Err(H1Error::Invalid("trailers too large".into()));
                 }
-                Ok(Step::Again)
+                return Ok(Step::Need);
+            };
+            buf.advance(eol + 2);
+            if eol == 0 {
+                return Ok(Step::End);
             }
+            *seen += eol + 2;
+            if *seen > MAX_TRAILERS {
+                return Err(H1Error::Invalid("trailers too large".into()));
+            }
+            Ok(Step::Again)
         }
     }
 }
@@ -723,6 +745,8 @@ fn closed_or(e: io::Error) -> H1Error {
         _ => H1Error::Io(e),
     }
 }
+
+pub mod server;
 
 #[cfg(test)]
 mod tests;

@@ -1,5 +1,5 @@
-//! HTTP listeners: hyper-util's auto builder (HTTP/1.1 and h2c on one port) with a header deadline
-//! and size cap, and the per-request edge: classify, tag with request id and trace context, run the
+//! HTTP listeners: HTTP/1.1 on the sidecar's own codec (`h1/server.rs`), h2c (detected by its
+//! preface) on hyper's HTTP/2 server, both with a header deadline and size cap; and the per-request edge: classify, tag with request id and trace context, run the
 //! policy stack of the listener's *current* configuration, answer failures, record metrics.
 //!
 //! The stack is behind an `ArcSwap` so a hot reload changes behaviour for the next request without
@@ -13,6 +13,7 @@ use crate::policy::degrade::{DegradeDeps, DegradeLayer, Peer};
 use crate::policy::outage::OutageGateLayer;
 use crate::policy::qod::{Canary, QodFilterLayer, QodProbeLayer};
 use crate::proxy::forward::{Forward, Target};
+use crate::proxy::h1::{self, server::Limits, server::Served};
 use crate::server::Shared;
 use crate::{Request, Response};
 use arc_swap::ArcSwap;
@@ -20,7 +21,6 @@ use http::HeaderValue;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::histogram::Histogram;
 use std::collections::HashMap;
@@ -219,47 +219,73 @@ pub async fn serve(
                 .clone();
             active.inc();
             let l = rt.load();
-            let mut builder = auto::Builder::new(TokioExecutor::new());
-            builder
-                .http1()
-                .timer(TokioTimer::new())
-                .header_read_timeout(l.listener.header_read_timeout)
-                .max_buf_size(l.listener.max_header_bytes.max(8192));
-            builder
-                .http2()
-                .timer(TokioTimer::new())
-                .max_header_list_size(l.listener.max_header_bytes as u32);
-            drop(l);
-            let svc = hyper::service::service_fn({
-                let shared = shared.clone();
-                move |req: hyper::Request<Incoming>| {
-                    let rt = rt.load_full();
-                    let shared = shared.clone();
-                    async move {
-                        let resp = handle(rt, shared, remote, req).await;
-                        // An injected `reset` fault: drop the connection without an answer.
-                        match crate::policy::fault::ConnectionReset::of(&resp) {
-                            Some(e) => Err(e),
-                            None => Ok(resp),
-                        }
-                    }
-                }
-            });
-            let conn = builder.serve_connection(TokioIo::new(stream), svc);
-            tokio::pin!(conn);
-            let res = tokio::select! {
-                r = conn.as_mut() => r,
-                _ = shutdown.changed() => {
-                    conn.as_mut().graceful_shutdown();
-                    conn.await
-                }
+            let limits = Limits {
+                max_head: l.listener.max_header_bytes,
+                header_read_timeout: l.listener.header_read_timeout,
             };
-            if let Err(e) = res {
-                tracing::debug!(%remote, error = %e, "connection ended with an error");
+            drop(l);
+            let served = h1::server::serve(stream, limits, &mut shutdown, |req| {
+                let fut = handle(rt.load_full(), shared.clone(), remote, req);
+                async move {
+                    let resp = fut.await;
+                    // An injected `reset` fault: drop the connection without an answer.
+                    (!crate::policy::fault::is_reset(&resp)).then_some(resp)
+                }
+            })
+            .await;
+            if let Served::H2(io) = served {
+                serve_h2(io, limits, &rt, &shared, remote, &mut shutdown).await;
             }
             active.dec();
             drop(guard);
         });
+    }
+}
+
+/// HTTP/2 with prior knowledge (h2c), on hyper's server.
+async fn serve_h2(
+    io: h1::server::Rewind,
+    limits: Limits,
+    rt: &Arc<ArcSwap<ListenerRuntime>>,
+    shared: &Arc<Shared>,
+    remote: SocketAddr,
+    shutdown: &mut watch::Receiver<bool>,
+) {
+    let svc = hyper::service::service_fn({
+        let rt = rt.clone();
+        let shared = shared.clone();
+        move |req: hyper::Request<Incoming>| {
+            let req: Request = req.map(|b| b.map_err(crate::box_err).boxed());
+            let fut = handle(rt.load_full(), shared.clone(), remote, req);
+            async move {
+                let resp = fut.await;
+                match crate::policy::fault::ConnectionReset::of(&resp) {
+                    Some(e) => Err(e),
+                    None => Ok(resp),
+                }
+            }
+        }
+    });
+    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    builder
+        .timer(TokioTimer::new())
+        .max_header_list_size(limits.max_head as u32);
+    let conn = builder.serve_connection(TokioIo::new(io), svc);
+    tokio::pin!(conn);
+    let res = if *shutdown.borrow() {
+        conn.as_mut().graceful_shutdown();
+        conn.await
+    } else {
+        tokio::select! {
+            r = conn.as_mut() => r,
+            _ = shutdown.changed() => {
+                conn.as_mut().graceful_shutdown();
+                conn.await
+            }
+        }
+    };
+    if let Err(e) = res {
+        tracing::debug!(%remote, error = %e, "h2 connection ended with an error");
     }
 }
 
@@ -269,7 +295,7 @@ fn handle(
     rt: Arc<ListenerRuntime>,
     shared: Arc<Shared>,
     remote: SocketAddr,
-    req: hyper::Request<Incoming>,
+    req: Request,
 ) -> futures::future::BoxFuture<'static, Response> {
     Box::pin(handle_inner(rt, shared, remote, req))
 }
@@ -278,14 +304,13 @@ async fn handle_inner(
     rt: Arc<ListenerRuntime>,
     shared: Arc<Shared>,
     remote: SocketAddr,
-    req: hyper::Request<Incoming>,
+    mut req: Request,
 ) -> Response {
     let start = tokio::time::Instant::now();
     let (class, route) = rt
         .cfg
         .classify(&rt.listener, req.uri().path(), req.headers());
     let route: Arc<str> = rt.route_arc(route);
-    let mut req: Request = req.map(|b| b.map_err(crate::box_err).boxed());
     let client = ClientId::from_request(&req, remote.ip());
     let upstream: Arc<str> = match (&rt.fixed_upstream, rt.forward.upstream_of(&req)) {
         (Some(u), Ok(_)) => u.clone(),
@@ -294,18 +319,35 @@ async fn handle_inner(
     };
     let method = req.method().clone();
     let h = req.headers_mut();
-    if !h.contains_key("x-request-id") {
-        let mut id = [0u8; 32];
-        hex_into(&rand::random::<u128>().to_be_bytes(), &mut id);
-        h.insert("x-request-id", HeaderValue::from_bytes(&id).expect("hex"));
-    }
-    if !shared.tracing && !h.contains_key("traceparent") {
-        // W3C trace context (`00-<trace id>-<span id>-01`): start a trace here so every hop
-        // behind us shares it.
-        let mut tp = *b"00-00000000000000000000000000000000-0000000000000000-01";
-        hex_into(&rand::random::<u128>().to_be_bytes(), &mut tp[3..35]);
-        hex_into(&rand::random::<u64>().to_be_bytes(), &mut tp[36..52]);
-        h.insert("traceparent", HeaderValue::from_bytes(&tp).expect("hex"));
+    let want_id = !h.contains_key("x-request-id");
+    let want_tp = !shared.tracing && !h.contains_key("traceparent");
+    if want_id || want_tp {
+        // Both values in one shared buffer: one allocation, and clones of the values (the retry
+        // layer keeps a copy of the head) are reference counts, not copies.
+        let mut b = bytes::BytesMut::with_capacity(32 + 55);
+        if want_id {
+            let mut id = [0u8; 32];
+            hex_into(&rand::random::<u128>().to_be_bytes(), &mut id);
+            b.extend_from_slice(&id);
+            let v = b.split_to(32).freeze();
+            h.insert(
+                "x-request-id",
+                HeaderValue::from_maybe_shared(v).expect("hex"),
+            );
+        }
+        if want_tp {
+            // W3C trace context (`00-<trace id>-<span id>-01`): start a trace here so every hop
+            // behind us shares it.
+            let mut tp = *b"00-00000000000000000000000000000000-0000000000000000-01";
+            hex_into(&rand::random::<u128>().to_be_bytes(), &mut tp[3..35]);
+            hex_into(&rand::random::<u64>().to_be_bytes(), &mut tp[36..52]);
+            b.extend_from_slice(&tp);
+            let v = b.split_to(tp.len()).freeze();
+            h.insert(
+                "traceparent",
+                HeaderValue::from_maybe_shared(v).expect("hex"),
+            );
+        }
     }
     let span = shared
         .tracing
