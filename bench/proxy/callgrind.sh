@@ -6,6 +6,7 @@
 #
 #   bench/proxy/callgrind.sh                 # N=20000 requests of /1k per target, 16 connections (~2 min)
 #   N=5000 SIZE=64k TARGETS="sidecar" bench/proxy/callgrind.sh
+#   VGARGS="--cache-sim=yes --branch-sim=yes" bench/proxy/callgrind.sh   # + simulated cache/branch misses
 #
 # Instrumentation is switched on only for the N measured requests (after a warm-up), so start-up is
 # excluded. Output: a table and, per target, callgrind.out.* plus a callgrind_annotate top list in $OUT.
@@ -48,7 +49,7 @@ for t in $TARGETS; do
     *) echo "unknown target $t" >&2; exit 2 ;;
   esac
   # One tokio worker under valgrind (it serialises threads anyway); same as the pinned benchmark.
-  TOKIO_WORKER_THREADS=1 valgrind --tool=callgrind --instr-atstart=no --dump-instr=no \
+  TOKIO_WORKER_THREADS=1 valgrind --tool=callgrind --instr-atstart=no --dump-instr=no ${VGARGS:-} \
     --callgrind-out-file="$OUT/callgrind.out.$t" "${cmd[@]}" >"$OUT/valgrind-$t.log" 2>&1 &
   vp=$!; PIDS+=("$vp")
   ok=
@@ -65,6 +66,9 @@ for t in $TARGETS; do
   stop "$vp"; PIDS=("${PIDS[0]}")  # only the backend is left
   ir=$(awk '/^totals:/{t=$2} /^summary:/{s=$2} END{print (t>0?t:s)}' "$OUT/callgrind.out.$t")
   echo "| $t | $ok200 | $ir | $(awk -v a="$ir" -v n="$ok200" 'BEGIN{printf "%.0f", a/n}') |"
+  if [ -n "${VGARGS:-}" ]; then  # every simulated event per request (Ir I1mr ILmr Dr D1mr ... Bcm Bim)
+    awk -v n="$ok200" '/^events:/{split($0,e," ")} /^totals:/{for(i=2;i<=NF;i++) printf "%s=%.1f ", e[i], $i/n; print ""}' "$OUT/callgrind.out.$t"
+  fi
   callgrind_annotate --inclusive=no "$OUT/callgrind.out.$t" 2>/dev/null | head -60 > "$OUT/annotate-$t-self.txt" || true
   callgrind_annotate --inclusive=yes "$OUT/callgrind.out.$t" 2>/dev/null | head -120 > "$OUT/annotate-$t-inclusive.txt" || true
 done
