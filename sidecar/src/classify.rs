@@ -19,6 +19,8 @@ pub struct RequestMeta {
     pub upstream: Arc<str>,
     /// The route (class rule) it matched.
     pub route: Arc<str>,
+    /// Set by the retry layer for the try in flight: where the upstream client hands the head back.
+    pub head_back: Option<crate::proxy::HeadBack>,
 }
 
 impl RequestMeta {

@@ -201,6 +201,8 @@ pub enum Outcome {
 }
 
 impl Outcome {
+    const COUNT: usize = 5;
+
     pub fn of<B>(res: &Result<http::Response<B>, ProxyError>) -> Self {
         match res {
             Err(e) if e.is_local_origin() => Self::LocalOrigin,
@@ -338,6 +340,9 @@ struct Circuit {
     last_error: Option<String>,
     last_used: Instant,
     rng: StdRng,
+    /// This upstream's `breaker_outcomes_total` counters by [`Outcome`], resolved on first use:
+    /// a `Family` lookup hashes the labels with SipHash under a lock, on every request otherwise.
+    outcomes: [Option<Counter>; Outcome::COUNT],
 }
 
 impl Circuit {
@@ -359,7 +364,14 @@ impl Circuit {
             last_error: None,
             last_used: now,
             rng,
+            outcomes: Default::default(),
         }
+    }
+
+    fn count(&mut self, outcome: Outcome, name: &Arc<str>, metrics: &BreakerMetrics) {
+        self.outcomes[outcome as usize]
+            .get_or_insert_with(|| outcome_counter(name, outcome, metrics))
+            .inc();
     }
 
     fn open_for(&mut self, base: Duration) -> Duration {
@@ -504,13 +516,18 @@ impl BreakerRegistry {
         })
     }
 
+    /// Counts the outcome (always) and applies it to the circuit it was admitted by (if current).
     fn complete(&self, t: &Ticket, outcome: Outcome, error: Option<String>) {
         let now = Instant::now();
         let mut g = self.lock();
         let epoch = g.epoch();
         let Some(c) = g.map.get_mut(&t.upstream) else {
+            // Evicted since: counted all the same.
+            drop(g);
+            outcome_counter(&t.upstream, outcome, &t.metrics).inc();
             return;
         };
+        c.count(outcome, &t.upstream, &t.metrics);
         if c.epoch != t.epoch {
             return;
         }
@@ -582,6 +599,16 @@ impl BreakerRegistry {
     }
 }
 
+fn outcome_counter(upstream: &Arc<str>, outcome: Outcome, metrics: &BreakerMetrics) -> Counter {
+    metrics
+        .outcomes
+        .get_or_create(&OutcomeLabels {
+            upstream: upstream.clone(),
+            outcome: outcome.as_str(),
+        })
+        .clone()
+}
+
 /// Forgets the least recently used circuit, preferring closed ones: forgetting an open circuit would
 /// send traffic to an upstream known to be down.
 fn evict(g: &mut Circuits, metrics: &BreakerMetrics) {
@@ -619,13 +646,6 @@ impl Ticket {
     fn finish(mut self, res: &Result<Response, ProxyError>) {
         self.done = true;
         let outcome = Outcome::of(res);
-        self.metrics
-            .outcomes
-            .get_or_create(&OutcomeLabels {
-                upstream: self.upstream.clone(),
-                outcome: outcome.as_str(),
-            })
-            .inc();
         let error = match res {
             Err(e) if outcome.is_failure() => Some(e.to_string()),
             Ok(r) if outcome.is_failure() => Some(format!("upstream answered {}", r.status())),
@@ -664,13 +684,6 @@ impl ConnTicket {
     fn finish(mut self, outcome: Outcome, error: Option<String>) {
         let t = &mut self.0;
         t.done = true;
-        t.metrics
-            .outcomes
-            .get_or_create(&OutcomeLabels {
-                upstream: t.upstream.clone(),
-                outcome: outcome.as_str(),
-            })
-            .inc();
         t.registry.complete(t, outcome, error);
     }
 }

@@ -32,9 +32,11 @@
 //! counts. Retried attempts carry `x-bulwark-attempt: N` (N ≥ 2), so the upstream's logs can tell a
 //! retry from a new request.
 
+use crate::classify::RequestMeta;
 use crate::error::{ProxyError, TimeoutKind, H_ERROR};
 use crate::policy::boxed_call;
 use crate::policy::breaker::UpstreamName;
+use crate::proxy::HeadBack;
 use crate::{Body, BoxError, Request, Response};
 use bytes::{Bytes, BytesMut};
 use futures::future::BoxFuture;
@@ -197,7 +199,8 @@ pub struct TimeoutLabels {
 #[derive(Clone, Debug, Default)]
 pub struct RetryMetrics {
     /// `retried` (each retry sent), `success_after_retry`, and the reasons a wanted retry did not
-    /// happen: `budget_exhausted`, `not_retryable` (method), `too_large_to_replay`.
+    /// happen: `budget_exhausted`, `not_retryable` (method), `too_large_to_replay`,
+    /// `head_not_returned` (the service below kept the request head; see `proxy::HeadBack`).
     pub requests: Family<RetryOutcomeLabels, Counter>,
     /// `per_try`, `deadline`.
     pub timeouts: Family<TimeoutLabels, Counter>,
@@ -209,7 +212,7 @@ impl RetryMetrics {
     pub fn register(&self, registry: &mut Registry) {
         registry.register(
             "retry_requests",
-            "Retry decisions: retried, success_after_retry, budget_exhausted, not_retryable, too_large_to_replay",
+            "Retry decisions: retried, success_after_retry, budget_exhausted, not_retryable, too_large_to_replay, head_not_returned",
             self.requests.clone(),
         );
         registry.register(
@@ -386,12 +389,22 @@ where
         }
     };
 
+    // The head is not cloned for each try: the upstream client hands it back (`HeadBack`), or,
+    // for a request without `RequestMeta` to carry the slot, a copy is kept.
+    let slot = HeadBack::default();
+    let mut head = parts;
     let mut tries = 1u32;
     loop {
-        let mut head = parts.clone();
         if tries > 1 {
             head.headers.insert(H_ATTEMPT, HeaderValue::from(tries));
         }
+        let copy = match head.extensions.get_mut::<RequestMeta>() {
+            Some(m) => {
+                m.head_back = Some(slot.clone());
+                None
+            }
+            None => Some(head.clone()),
+        };
         let res = attempt(
             &mut inner,
             Request::from_parts(head, replay.body()),
@@ -409,6 +422,12 @@ where
         if tries > sh.cfg.max_retries {
             return res;
         }
+        let Some(back) = copy.or_else(|| slot.take()) else {
+            // The service below kept the head: nothing to send again.
+            sh.metrics.count("head_not_returned");
+            return res;
+        };
+        head = back;
         let pause = sh.backoff(tries);
         if Instant::now() + pause >= deadline {
             // No time for another try: answer with what we have rather than a bare deadline error.
@@ -571,6 +590,7 @@ mod tests {
     #[derive(Clone, Debug)]
     struct Seen {
         attempt: Option<String>,
+        kept: Option<String>,
         body: Bytes,
         trailers: Option<HeaderMap>,
     }
@@ -581,6 +601,7 @@ mod tests {
         script: Arc<Mutex<VecDeque<Act>>>,
         fallback: Act,
         seen: Arc<Mutex<Vec<Seen>>>,
+        give_back: bool,
     }
 
     impl Upstream {
@@ -589,6 +610,7 @@ mod tests {
                 script: Arc::new(Mutex::new(script.into_iter().collect())),
                 fallback,
                 seen: Arc::default(),
+                give_back: true,
             }
         }
         fn seen(&self) -> Vec<Seen> {
@@ -616,15 +638,25 @@ mod tests {
                 .pop_front()
                 .unwrap_or_else(|| self.fallback.clone());
             let seen = self.seen.clone();
+            let (parts, body) = req.into_parts();
+            let attempt = parts
+                .headers
+                .get(H_ATTEMPT)
+                .map(|v| v.to_str().unwrap().to_string());
+            let kept = parts
+                .headers
+                .get("x-kept")
+                .map(|v| v.to_str().unwrap().to_string());
+            // As the upstream client does: the head goes back to the retry layer.
+            if self.give_back {
+                HeadBack::give_back(parts);
+            }
             Box::pin(async move {
-                let attempt = req
-                    .headers()
-                    .get(H_ATTEMPT)
-                    .map(|v| v.to_str().unwrap().to_string());
-                let collected = req.into_body().collect().await.expect("request body");
+                let collected = body.collect().await.expect("request body");
                 let trailers = collected.trailers().cloned();
                 seen.lock().unwrap().push(Seen {
                     attempt,
+                    kept,
                     body: collected.to_bytes(),
                     trailers,
                 });
@@ -692,6 +724,63 @@ mod tests {
 
     fn timeouts(m: &RetryMetrics, kind: &'static str) -> u64 {
         m.timeouts.get_or_create(&TimeoutLabels { kind }).get()
+    }
+
+    /// As the edge sends them: with `RequestMeta`, which carries the head-back slot.
+    fn with_meta(mut r: Request) -> Request {
+        r.extensions_mut().insert(RequestMeta {
+            class: crate::classify::TrafficClass::Client,
+            client: crate::classify::ClientId::Addr("127.0.0.1".parse().unwrap()),
+            remote: "127.0.0.1:1".parse().unwrap(),
+            upstream: Arc::from("n1:5001"),
+            route: Arc::from("other"),
+            head_back: None,
+        });
+        r
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_service_that_keeps_the_head_gets_no_retry() {
+        let mut up = Upstream::new([Act::Status(503)], Act::Status(200));
+        up.give_back = false;
+        let (mut svc, m) = stack(cfg(), &up);
+        assert_eq!(
+            send(&mut svc, with_meta(req("GET")))
+                .await
+                .unwrap()
+                .status(),
+            503
+        );
+        assert_eq!(
+            (
+                up.calls(),
+                outcome(&m, "head_not_returned"),
+                outcome(&m, "retried")
+            ),
+            (1, 1, 0)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_head_is_sent_again_with_its_headers_handed_back_or_copied() {
+        for meta in [true, false] {
+            let up = Upstream::new([Act::Status(503), Act::Connect], Act::Status(200));
+            let (mut svc, m) = stack(cfg(), &up);
+            let mut r = if meta {
+                with_meta(req("GET"))
+            } else {
+                req("GET")
+            };
+            r.headers_mut()
+                .insert("x-kept", HeaderValue::from_static("yes"));
+            assert_eq!(send(&mut svc, r).await.unwrap().status(), 200);
+            let seen = up.seen();
+            assert_eq!(seen.len(), 3);
+            assert!(seen.iter().all(|s| s.kept.as_deref() == Some("yes")));
+            let attempts: Vec<_> = seen.into_iter().map(|s| s.attempt).collect();
+            assert_eq!(attempts, [None, Some("2".into()), Some("3".into())]);
+            assert_eq!(outcome(&m, "head_not_returned"), 0);
+        }
     }
 
     #[tokio::test(start_paused = true)]

@@ -358,6 +358,7 @@ async fn handle_inner(
         remote,
         upstream: upstream.clone(),
         route: route.clone(),
+        head_back: None,
     });
     // Not `oneshot`: a held `Oneshot<S, _>` names `S::Future` through the trait, which trips
     // rustc's higher-ranked Send inference in spawned tasks; the boxed future is concrete.

@@ -20,6 +20,7 @@
 
 use crate::error::{ProxyError, TimeoutKind};
 use crate::proxy::h1::{self, Answer, Conn, Decoder, H1Error, Out, Upload};
+use crate::proxy::HeadBack;
 use crate::Body;
 use bytes::Bytes;
 use http::uri::Authority;
@@ -100,6 +101,8 @@ impl Pool {
         // Sent again on another connection when a reused one turns out closed: nothing of it is
         // lost (no body) and the upstream did not answer it.
         let resendable = out == Out::Empty && parts.method.is_idempotent();
+        // Encoded: the retry layer above may have the head back for another try.
+        HeadBack::give_back(parts);
         let mut body = Some(body);
         for _ in 0..MAX_STALE_TRIES {
             let Some(mut conn) = self.checkout(&host) else {
@@ -528,11 +531,28 @@ mod tests {
             Duration::from_secs(1),
             None,
         );
-        let Err(e) = pool.send(&auth, get(&auth)).await else {
+        let slot = HeadBack::default();
+        let mut req = get(&auth);
+        req.headers_mut()
+            .insert("x-kept", http::HeaderValue::from_static("1"));
+        req.extensions_mut().insert(crate::classify::RequestMeta {
+            class: crate::classify::TrafficClass::Client,
+            client: crate::classify::ClientId::Addr("127.0.0.1".parse().unwrap()),
+            remote: "127.0.0.1:1".parse().unwrap(),
+            upstream: Arc::from(auth.as_str()),
+            route: Arc::from("other"),
+            head_back: Some(slot.clone()),
+        });
+        let Err(e) = pool.send(&auth, req).await else {
             panic!("connected to a closed port");
         };
         assert!(matches!(e, ProxyError::Connect { .. }), "{e:?}");
         assert!(e.is_local_origin());
+        // The head came back for a retry, without its own slot in it.
+        let head = slot.take().expect("head handed back");
+        assert_eq!(head.headers["x-kept"], "1");
+        let meta = head.extensions.get::<crate::classify::RequestMeta>();
+        assert!(meta.expect("meta kept").head_back.is_none());
     }
 
     #[tokio::test]
