@@ -229,8 +229,9 @@ pub async fn serve(
                 header_read_timeout: l.listener.header_read_timeout,
             };
             drop(l);
+            let slot = StackSlot::default();
             let served = h1::server::serve(stream, limits, &mut shutdown, |req| {
-                let fut = handle(rt.load_full(), shared.clone(), remote, req);
+                let fut = handle(rt.load_full(), shared.clone(), remote, req, slot.clone());
                 async move {
                     let resp = fut.await;
                     // An injected `reset` fault: drop the connection without an answer.
@@ -239,7 +240,7 @@ pub async fn serve(
             })
             .await;
             if let Served::H2(io) = served {
-                serve_h2(io, limits, &rt, &shared, remote, &mut shutdown).await;
+                serve_h2(io, limits, &rt, &shared, remote, &mut shutdown, slot).await;
             }
             active.dec();
             drop(guard);
@@ -255,13 +256,14 @@ async fn serve_h2(
     shared: &Arc<Shared>,
     remote: SocketAddr,
     shutdown: &mut watch::Receiver<bool>,
+    slot: StackSlot,
 ) {
     let svc = hyper::service::service_fn({
         let rt = rt.clone();
         let shared = shared.clone();
         move |req: hyper::Request<Incoming>| {
             let req: Request = req.map(|b| b.map_err(crate::box_err).boxed());
-            let fut = handle(rt.load_full(), shared.clone(), remote, req);
+            let fut = handle(rt.load_full(), shared.clone(), remote, req, slot.clone());
             async move {
                 let resp = fut.await;
                 match crate::policy::fault::ConnectionReset::of(&resp) {
@@ -301,8 +303,34 @@ fn handle(
     shared: Arc<Shared>,
     remote: SocketAddr,
     req: Request,
+    slot: StackSlot,
 ) -> futures::future::BoxFuture<'static, Response> {
-    Box::pin(handle_inner(rt, shared, remote, req))
+    Box::pin(handle_inner(rt, shared, remote, req, slot))
+}
+
+/// A connection's own copy of its listener's policy stack, taken for a request and put back after
+/// it, so that keep-alive requests do not clone the stack each (a box, and a reference count per
+/// layer to take and give back: ~2 % of the instructions per request). Tagged with the runtime it
+/// was cloned from: after a hot reload the next request clones the new stack. An h2 connection's
+/// concurrent streams find it taken and clone their own.
+#[derive(Clone, Default)]
+struct StackSlot(Arc<std::sync::Mutex<Option<CachedStack>>>);
+
+/// A stack and the runtime it was cloned from.
+type CachedStack = (Arc<ListenerRuntime>, Stack);
+
+impl StackSlot {
+    fn take(&self, rt: &Arc<ListenerRuntime>) -> Stack {
+        let cached = self.0.lock().unwrap_or_else(|e| e.into_inner()).take();
+        match cached {
+            Some((from, svc)) if Arc::ptr_eq(&from, rt) => svc,
+            _ => rt.stack.clone(),
+        }
+    }
+
+    fn put(&self, rt: Arc<ListenerRuntime>, svc: Stack) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some((rt, svc));
+    }
 }
 
 async fn handle_inner(
@@ -310,6 +338,7 @@ async fn handle_inner(
     shared: Arc<Shared>,
     remote: SocketAddr,
     mut req: Request,
+    slot: StackSlot,
 ) -> Response {
     let start = tokio::time::Instant::now();
     let (class, route) = rt
@@ -364,7 +393,7 @@ async fn handle_inner(
     });
     // Not `oneshot`: a held `Oneshot<S, _>` names `S::Future` through the trait, which trips
     // rustc's higher-ranked Send inference in spawned tasks; the boxed future is concrete.
-    let mut svc = rt.stack.clone();
+    let mut svc = slot.take(&rt);
     let res = match futures::future::poll_fn(|cx| tower::Service::poll_ready(&mut svc, cx)).await {
         Ok(()) => {
             let fut = tower::Service::call(&mut svc, req);
@@ -381,7 +410,9 @@ async fn handle_inner(
     if let (Some(span), Ok(r)) = (&span, &res) {
         span.record("http.response.status_code", r.status().as_u16());
     }
-    answer(&rt, &shared, &route, class, &upstream, start, res)
+    let resp = answer(&rt, &shared, &route, class, &upstream, start, res);
+    slot.put(rt, svc);
+    resp
 }
 
 fn answer(

@@ -33,10 +33,10 @@
 //! - **Drain**: on shutdown an idle connection closes at once; a busy one finishes its answer
 //!   with `connection: close`.
 
-use super::{is_hop_by_hop, itoa, parse_length, poll_decode, Chunk, Decoder};
+use super::{is_hop_by_hop, itoa, parse_length, poll_decode, Chunk, Decoder, NameCache};
 use crate::{Body, Request, Response};
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, StatusCode, Uri, Version};
 use http_body::{Frame, SizeHint};
 use std::collections::VecDeque;
@@ -270,6 +270,7 @@ struct Conn {
     /// Set when the head deadline last had to be computed: the armed timer may be earlier.
     deadline: Instant,
     draining: bool,
+    names: NameCache,
 }
 
 /// Serves HTTP/1.1 on `io` until it closes; `call` answers each request (`None`: drop the
@@ -302,6 +303,7 @@ where
         generation: 0,
         deadline: Instant::now() + limits.header_read_timeout,
         draining: *shutdown.borrow(),
+        names: NameCache::default(),
     };
     let drain = shutdown.clone();
     let stop = shutdown.changed();
@@ -496,9 +498,11 @@ impl Conn {
         let (mut close, mut keep_alive, mut te, mut chunked, mut expect) =
             (false, false, false, false, false);
         let mut length: Option<u64> = None;
-        for &(ns, nl, vs, vl) in &at[..count] {
+        for (i, &(ns, nl, vs, vl)) in at[..count].iter().enumerate() {
             let (ns, nl, vs, vl) = (ns as usize, nl as usize, vs as usize, vl as usize);
-            let name = HeaderName::from_bytes(&head[ns..ns + nl])
+            let name = self
+                .names
+                .name(i, &head[ns..ns + nl])
                 .map_err(|_| HeadError::Answer(BAD, "invalid header name"))?;
             let raw = &head[vs..vs + vl];
             if name == header::CONNECTION {

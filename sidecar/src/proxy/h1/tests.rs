@@ -335,3 +335,47 @@ async fn a_closed_idle_connection_is_seen_and_reported_as_closed_before_an_answe
     let e = c.exchange(&head, body, out, false).await.err().unwrap();
     assert!(matches!(e, H1Error::ClosedBeforeAnswer), "{e}");
 }
+
+#[test]
+fn name_cache_hits_only_on_the_same_bytes_at_the_same_position() {
+    let mut c = NameCache::default();
+    let n = |c: &mut NameCache, i, raw: &str| c.name(i, raw.as_bytes()).unwrap();
+    assert_eq!(n(&mut c, 0, "Content-Type"), header::CONTENT_TYPE);
+    assert_eq!(n(&mut c, 1, "X-Custom"), "x-custom");
+    // Hits give what the parser gives; other spellings and positions are parsed afresh.
+    assert_eq!(n(&mut c, 0, "Content-Type"), header::CONTENT_TYPE);
+    assert_eq!(n(&mut c, 0, "content-type"), header::CONTENT_TYPE);
+    assert_eq!(n(&mut c, 0, "X-Other"), "x-other");
+    assert_eq!(n(&mut c, 1, "X-Custom"), "x-custom");
+    assert_eq!(n(&mut c, 1, "X-Customs"), "x-customs");
+    assert_eq!(n(&mut c, 1, "X-Custo"), "x-custo");
+    // A gap in positions is not cached, and an invalid name is still refused.
+    assert_eq!(n(&mut c, 9, "Server"), header::SERVER);
+    assert!(c.name(0, b"bad name").is_err());
+    assert!(c.name(0, b"").is_err());
+}
+
+#[tokio::test]
+async fn answers_on_one_connection_keep_their_own_header_names() {
+    let (addr, _up) = scripted(
+        b"\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nX-A: 1\r\n\r\n\
+          HTTP/1.1 200 OK\r\nContent-Length: 0\r\nX-B: 2\r\nx-c: 3\r\n\r\n",
+        false,
+    )
+    .await;
+    let mut c = conn(addr, None).await;
+    for want in [&[("x-a", "1")][..], &[("x-b", "2"), ("x-c", "3")][..]] {
+        let (head, out, body) = request(Method::GET, &[], crate::empty());
+        let a = c.exchange(&head, body, out, false).await.unwrap();
+        let got: Vec<_> = a
+            .parts
+            .headers
+            .iter()
+            .filter(|(k, _)| *k != header::CONTENT_LENGTH)
+            .map(|(k, v)| (k.as_str(), v.to_str().unwrap()))
+            .collect();
+        assert_eq!(got, want);
+        assert_eq!(read_body(&mut c, a.body).await.unwrap(), b"");
+    }
+}
