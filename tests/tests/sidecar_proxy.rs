@@ -701,3 +701,59 @@ async fn sighup_reloads_the_config_file() {
         .await
         .contains("bulwark_config_reloads_total{result=\"ok\"} 1"));
 }
+
+/// One HTTP/1.1 request on an open connection; the answer's status (its body is read and dropped).
+fn status_on(c: &mut std::net::TcpStream, path: &str) -> u16 {
+    write!(c, "GET {path} HTTP/1.1\r\nhost: t\r\n\r\n").unwrap();
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        c.read_exact(&mut b).unwrap();
+        head.push(b[0]);
+    }
+    let head = String::from_utf8(head).unwrap().to_ascii_lowercase();
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .map(|v| v.trim().parse().unwrap())
+        .expect("a content-length answer");
+    let mut body = vec![0u8; len];
+    c.read_exact(&mut body).unwrap();
+    head[9..12].parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_kept_alive_connection_takes_up_a_reload_on_its_next_request() {
+    let fx = Fixture::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let listen = free_addr();
+    let s = SidecarProc::start(dir.path(), "sc", &inbound(listen, fx.addr, ""));
+    s.wait_ready().await;
+    let mut c = std::net::TcpStream::connect(listen).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    // The connection keeps its stack between requests: no limit yet.
+    for _ in 0..5 {
+        assert_eq!(status_on(&mut c, "/ok"), 200);
+    }
+    let text = std::fs::read_to_string(&s.config).unwrap();
+    std::fs::write(
+        &s.config,
+        format!("{text}\n[policy.throttle]\nglobal = {{ per_second = 1, burst = 1 }}\n"),
+    )
+    .unwrap();
+    let r = http().post(s.admin_url("/reload")).send().await.unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    // Same connection: the new limit applies to its very next requests.
+    let codes: Vec<u16> = (0..3).map(|_| status_on(&mut c, "/ok")).collect();
+    assert!(
+        codes.contains(&429),
+        "reload not seen on the open connection: {codes:?}"
+    );
+    // And back: the limit goes away on the same connection too.
+    std::fs::write(&s.config, text).unwrap();
+    let r = http().post(s.admin_url("/reload")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    for _ in 0..5 {
+        assert_eq!(status_on(&mut c, "/ok"), 200);
+    }
+}
