@@ -37,6 +37,7 @@
 //! hung upstream turns into a counted failure rather than a dropped future that records nothing.
 
 use crate::error::{ProxyError, H_ERROR};
+use crate::policy::{Maybe, OnAnswer, Then};
 use crate::{Request, Response};
 use failsafe::backoff::{self, Exponential};
 use failsafe::failure_policy::{
@@ -44,7 +45,6 @@ use failsafe::failure_policy::{
     SuccessRateOverTimeWindow,
 };
 use failsafe::FailurePolicy;
-use futures::future::{BoxFuture, FutureExt};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::{counter::Counter, family::Family, gauge::Gauge};
 use prometheus_client::registry::Registry;
@@ -633,7 +633,7 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 
 /// An admitted request's claim on its circuit. Dropped unfinished (the client went away), a probe
 /// gives its slot back so the circuit does not stay half-open with nobody probing.
-struct Ticket {
+pub struct Ticket {
     registry: BreakerRegistry,
     metrics: BreakerMetrics,
     upstream: Arc<str>,
@@ -741,7 +741,7 @@ where
 {
     type Response = Response;
     type Error = ProxyError;
-    type Future = BoxFuture<'static, Result<Response, ProxyError>>;
+    type Future = Maybe<Then<S::Future, Ticket>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
         self.inner.poll_ready(cx)
@@ -751,16 +751,16 @@ where
         let name = UpstreamName::of(&req);
         // Decided before `inner.call`: the client below may start sending as soon as it is called.
         match self.registry.admit(&name, &self.config, &self.metrics) {
-            Err(e) => Box::pin(async move { Err(e) }),
-            Ok(ticket) => {
-                // A combinator, not an `async` block: rustc cannot yet prove an async block holding
-                // `S::Future` is `Send` (the boxed error type's lifetime gets erased; rust#64552).
-                Box::pin(self.inner.call(req).map(move |res| {
-                    ticket.finish(&res);
-                    res
-                }))
-            }
+            Err(e) => Maybe::err(e),
+            Ok(ticket) => Maybe::direct(Then::new(self.inner.call(req), ticket)),
         }
+    }
+}
+
+impl OnAnswer for Ticket {
+    fn on_answer(self, res: Result<Response, ProxyError>) -> Result<Response, ProxyError> {
+        self.finish(&res);
+        res
     }
 }
 
@@ -768,6 +768,7 @@ where
 mod tests {
     use super::*;
     use crate::error::TimeoutKind;
+    use futures::future::BoxFuture;
     use std::collections::VecDeque;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use tower::ServiceExt;

@@ -15,10 +15,9 @@
 
 use crate::classify::TrafficClass;
 use crate::error::ProxyError;
+use crate::policy::{Maybe, OnAnswer, Then};
 use crate::{Body, BoxError, Request, Response};
 use bytes::Bytes;
-use futures::future::BoxFuture;
-use futures::TryFutureExt;
 use http_body::{Frame, SizeHint};
 use http_body_util::BodyExt;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -262,7 +261,7 @@ where
 {
     type Response = Response;
     type Error = ProxyError;
-    type Future = BoxFuture<'static, Result<Response, ProxyError>>;
+    type Future = Maybe<Then<S::Future, HoldSlot>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
         self.inner.poll_ready(cx)
@@ -275,20 +274,19 @@ where
             Err(limit) => {
                 self.shared.shed[class_index(class)].inc();
                 tracing::debug!(class = class.as_str(), limit, "request shed");
-                return Box::pin(futures::future::ready(Err(ProxyError::Shed {
-                    class,
-                    limit,
-                })));
+                return Maybe::err(ProxyError::Shed { class, limit });
             }
         };
-        // A combinator rather than an async block: rustc checks `Send` for an async block that
-        // awaits `S::Future` over every lifetime of the boxed error type and rejects it. On an
-        // error the closure, and with it the permit, is dropped as soon as the call completes.
-        Box::pin(
-            self.inner
-                .call(req)
-                .map_ok(move |resp| resp.map(|body| ShedBody::new(body, permit).boxed())),
-        )
+        Maybe::direct(Then::new(self.inner.call(req), HoldSlot(permit)))
+    }
+}
+
+/// The slot moves into the answer's body; on an error it is given back as the call completes.
+pub struct HoldSlot(Permit);
+
+impl OnAnswer for HoldSlot {
+    fn on_answer(self, res: Result<Response, ProxyError>) -> Result<Response, ProxyError> {
+        res.map(|resp| resp.map(|body| ShedBody::new(body, self.0).boxed()))
     }
 }
 

@@ -14,10 +14,9 @@
 
 use crate::classify::{ClientId, TrafficClass};
 use crate::error::ProxyError;
+use crate::policy::{Maybe, OnAnswer, Then};
 use crate::{Body, BoxError, Request, Response};
 use bytes::Bytes;
-use futures::future::BoxFuture;
-use futures::TryFutureExt;
 use governor::clock::{Clock, DefaultClock};
 use governor::middleware::NoOpMiddleware;
 use governor::nanos::Nanos;
@@ -524,7 +523,7 @@ where
 {
     type Response = Response;
     type Error = ProxyError;
-    type Future = BoxFuture<'static, Result<Response, ProxyError>>;
+    type Future = Maybe<Then<S::Future, PaceBody>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
         self.inner.poll_ready(cx)
@@ -533,19 +532,24 @@ where
     fn call(&mut self, req: Request) -> Self::Future {
         let class = TrafficClass::of(&req);
         if self.shared.exempt[class_index(class)] {
-            return Box::pin(self.inner.call(req));
+            return Maybe::direct(Then::new(self.inner.call(req), PaceBody(None)));
         }
         if let Err(e) = self.shared.admit(&req, class) {
-            return Box::pin(futures::future::ready(Err(e)));
+            return Maybe::err(e);
         }
-        let call = self.inner.call(req);
-        match self.shared.bytes.clone() {
-            // A combinator rather than an async block: rustc checks `Send` for an async block
-            // that awaits `S::Future` over every lifetime of the boxed error type and rejects it.
-            Some(bytes) => Box::pin(
-                call.map_ok(move |resp| resp.map(|body| ThrottledBody::new(body, bytes).boxed())),
-            ),
-            None => Box::pin(call),
+        let pace = PaceBody(self.shared.bytes.clone());
+        Maybe::direct(Then::new(self.inner.call(req), pace))
+    }
+}
+
+/// The answer's body under the byte-rate limit, if one is set.
+pub struct PaceBody(Option<Arc<ByteLimiter>>);
+
+impl OnAnswer for PaceBody {
+    fn on_answer(self, res: Result<Response, ProxyError>) -> Result<Response, ProxyError> {
+        match self.0 {
+            Some(bytes) => res.map(|resp| resp.map(|body| ThrottledBody::new(body, bytes).boxed())),
+            None => res,
         }
     }
 }
