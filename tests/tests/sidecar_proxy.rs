@@ -393,14 +393,7 @@ async fn hot_reload_validates_then_swaps_and_sigterm_drains_in_flight_requests()
         }
     });
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let text = std::fs::read_to_string(&s.config).unwrap();
-    std::fs::write(
-        &s.config,
-        format!("{text}\n[policy.throttle]\nglobal = {{ per_second = 1, burst = 1 }}\n"),
-    )
-    .unwrap();
-    let r = http().post(s.admin_url("/reload")).send().await.unwrap();
-    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let text = reload_with_global_limit_of_one(&s).await;
     let codes: Vec<u16> = futures_join(listen, 3).await;
     assert!(
         codes.contains(&429),
@@ -702,6 +695,20 @@ async fn sighup_reloads_the_config_file() {
         .contains("bulwark_config_reloads_total{result=\"ok\"} 1"));
 }
 
+/// Appends a global limit of 1 request/s (burst 1) to the sidecar's config and reloads it;
+/// returns the config as it was.
+async fn reload_with_global_limit_of_one(s: &SidecarProc) -> String {
+    let text = std::fs::read_to_string(&s.config).unwrap();
+    std::fs::write(
+        &s.config,
+        format!("{text}\n[policy.throttle]\nglobal = {{ per_second = 1, burst = 1 }}\n"),
+    )
+    .unwrap();
+    let r = http().post(s.admin_url("/reload")).send().await.unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    text
+}
+
 /// One HTTP/1.1 request on an open connection; the answer's status (its body is read and dropped).
 fn status_on(c: &mut std::net::TcpStream, path: &str) -> u16 {
     write!(c, "GET {path} HTTP/1.1\r\nhost: t\r\n\r\n").unwrap();
@@ -735,14 +742,7 @@ async fn a_kept_alive_connection_takes_up_a_reload_on_its_next_request() {
     for _ in 0..5 {
         assert_eq!(status_on(&mut c, "/ok"), 200);
     }
-    let text = std::fs::read_to_string(&s.config).unwrap();
-    std::fs::write(
-        &s.config,
-        format!("{text}\n[policy.throttle]\nglobal = {{ per_second = 1, burst = 1 }}\n"),
-    )
-    .unwrap();
-    let r = http().post(s.admin_url("/reload")).send().await.unwrap();
-    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let text = reload_with_global_limit_of_one(&s).await;
     // Same connection: the new limit applies to its very next requests.
     let codes: Vec<u16> = (0..3).map(|_| status_on(&mut c, "/ok")).collect();
     assert!(
