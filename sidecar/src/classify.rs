@@ -27,6 +27,19 @@ impl RequestMeta {
     pub fn of<B>(req: &http::Request<B>) -> Option<&RequestMeta> {
         req.extensions().get::<RequestMeta>()
     }
+
+    /// What the edge would attach to a client request for `upstream` (tests of layers below it).
+    #[cfg(test)]
+    pub fn for_test(upstream: &str) -> Self {
+        RequestMeta {
+            class: TrafficClass::Client,
+            client: ClientId::Addr("127.0.0.1".parse().expect("ip")),
+            remote: "127.0.0.1:1".parse().expect("addr"),
+            upstream: Arc::from(upstream),
+            route: Arc::from("other"),
+            head_back: None,
+        }
+    }
 }
 
 /// Traffic classes in the order they are protected under load: control first, client last.

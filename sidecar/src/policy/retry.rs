@@ -728,14 +728,7 @@ mod tests {
 
     /// As the edge sends them: with `RequestMeta`, which carries the head-back slot.
     fn with_meta(mut r: Request) -> Request {
-        r.extensions_mut().insert(RequestMeta {
-            class: crate::classify::TrafficClass::Client,
-            client: crate::classify::ClientId::Addr("127.0.0.1".parse().unwrap()),
-            remote: "127.0.0.1:1".parse().unwrap(),
-            upstream: Arc::from("n1:5001"),
-            route: Arc::from("other"),
-            head_back: None,
-        });
+        r.extensions_mut().insert(RequestMeta::for_test("n1:5001"));
         r
     }
 

@@ -230,7 +230,6 @@ fn parse_length(v: &[u8]) -> Option<u64> {
     found
 }
 
-/// Headers that describe one connection, not the message (RFC 9110 §7.6.1): never forwarded.
 /// Header names of the previous head on one connection, by position, with the bytes they were
 /// parsed from.
 ///
@@ -268,6 +267,7 @@ impl NameCache {
     }
 }
 
+/// Headers that describe one connection, not the message (RFC 9110 §7.6.1): never forwarded.
 pub fn is_hop_by_hop(name: &HeaderName) -> bool {
     // A match on the lower-case name: a `const` array of `HeaderName`s was built, compared and
     // dropped for every header of every message (4 % of the instructions per request).

@@ -31,8 +31,8 @@ use tokio::sync::watch;
 use tower::util::BoxCloneSyncService;
 use tower::ServiceBuilder;
 
-/// Header names as constants: a `&str` key is parsed and validated on every lookup (~1.9k
-/// instructions per request for these four uses).
+/// Header names as constants: a `&str` key is parsed and validated on every lookup (~1k
+/// instructions per request for these four uses, measured with callgrind).
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 
@@ -310,7 +310,8 @@ fn handle(
 
 /// A connection's own copy of its listener's policy stack, taken for a request and put back after
 /// it, so that keep-alive requests do not clone the stack each (a box, and a reference count per
-/// layer to take and give back: ~2 % of the instructions per request). Tagged with the runtime it
+/// layer to take and give back: ~1 % of the instructions per request, and as many atomic
+/// reference-count updates). Tagged with the runtime it
 /// was cloned from: after a hot reload the next request clones the new stack. An h2 connection's
 /// concurrent streams find it taken and clone their own.
 #[derive(Clone, Default)]
@@ -356,8 +357,8 @@ async fn handle_inner(
     let want_id = !h.contains_key(X_REQUEST_ID);
     let want_tp = !shared.tracing && !h.contains_key(TRACEPARENT);
     if want_id || want_tp {
-        // Both values in one shared buffer: one allocation, and clones of the values (the retry
-        // layer keeps a copy of the head) are reference counts, not copies.
+        // Both values in one shared buffer: one allocation, and clones of the values (a probe or
+        // failover keeps a copy of the head) are reference counts, not copies.
         let mut b = bytes::BytesMut::with_capacity(32 + 55);
         if want_id {
             let mut id = [0u8; 32];

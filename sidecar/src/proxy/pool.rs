@@ -536,12 +536,8 @@ mod tests {
         req.headers_mut()
             .insert("x-kept", http::HeaderValue::from_static("1"));
         req.extensions_mut().insert(crate::classify::RequestMeta {
-            class: crate::classify::TrafficClass::Client,
-            client: crate::classify::ClientId::Addr("127.0.0.1".parse().unwrap()),
-            remote: "127.0.0.1:1".parse().unwrap(),
-            upstream: Arc::from(auth.as_str()),
-            route: Arc::from("other"),
             head_back: Some(slot.clone()),
+            ..crate::classify::RequestMeta::for_test(auth.as_str())
         });
         let Err(e) = pool.send(&auth, req).await else {
             panic!("connected to a closed port");
