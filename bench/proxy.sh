@@ -22,6 +22,8 @@
 #   INSTALL=1        apt-get install haproxy nginx-light wrk if missing; cargo install --locked oha
 #                    if missing (one-time, ~7 min on 2 cores; the anchors' tool; not in Debian)
 #   BUILD=1          cargo build --profile dist -p sidecar first (BUILD=0: use the existing binary)
+#   BUILD=pgo        bench/proxy/pgo-build.sh first (profile-guided dist build, ~10 min) and test
+#                    target/pgo/sidecar; the plain dist build runs beside it as "sidecar-b"
 #   SIDECAR=path     binary to test (default target/dist/sidecar of this workspace: release + fat LTO)
 #   SIDECAR_B=path   a second binary (e.g. a candidate fix built elsewhere), run as target
 #                    "sidecar-b" with the plain config in the same interleaved run (an A/B);
@@ -47,6 +49,10 @@ SIZES=${SIZES:-"1k 64k"}
 TARGETS=${TARGETS:-"direct sidecar sidecar-all haproxy nginx"}
 RATE=${RATE:-3000}; RATE_SIZE=${RATE_SIZE:-1k}; OHA_CONNS=${OHA_CONNS:-16}
 INSTALL=${INSTALL:-1}; BUILD=${BUILD:-1}; PROFILE=${PROFILE:-0}
+if [ "$BUILD" = pgo ]; then
+  SIDECAR=${SIDECAR:-$ROOT/target/pgo/sidecar}
+  SIDECAR_B=${SIDECAR_B:-$ROOT/target/dist/sidecar}
+fi
 SIDECAR=${SIDECAR:-$ROOT/target/dist/sidecar}
 OUT=${OUT:-$HERE/proxy/results/$(date -u +%Y%m%dT%H%M%SZ)}
 case $LAYOUT in
@@ -97,8 +103,11 @@ if [ "$RATE" -gt 0 ] && ! have oha; then
   fi
   have oha || { echo "warning: oha not available; skipping the fixed-rate run" >&2; RATE=0; }
 fi
-if [ "$BUILD" = 1 ]; then
+if [ "$BUILD" = 1 ] || [ "$BUILD" = pgo ]; then
   (cd "$ROOT" && cargo build --profile dist -p sidecar --quiet)
+fi
+if [ "$BUILD" = pgo ]; then
+  "$HERE/proxy/pgo-build.sh" >&2
 fi
 [ -x "$SIDECAR" ] || { echo "no sidecar binary at $SIDECAR (BUILD=1?)" >&2; exit 1; }
 
@@ -334,9 +343,10 @@ fi
   echo "Command: \`$(for v in LAYOUT DUR WARM REPS CONNS RATE OHA_CONNS; do printf '%s=%s ' "$v" "${!v}"; done
     [ "$SIZES" != "1k 64k" ] && printf 'SIZES="%s" ' "$SIZES"
     [ "$TARGETS" != "direct sidecar sidecar-all haproxy nginx" ] && printf 'TARGETS="%s" ' "$TARGETS"
+    [ "$BUILD" = pgo ] && printf 'BUILD=pgo '
     [ -n "$SIDECAR_B" ] && printf 'SIDECAR_B=%s ' "$SIDECAR_B")bench/proxy.sh\`"
   echo "Machine: $(nproc) CPUs, $(awk -F': ' '/^model name/{print $2; exit}' /proc/cpuinfo), kernel $(uname -r);" \
-       "sidecar binary built $(date -u -r "$SIDECAR" +%FT%TZ) (tree at $(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo '?')$(cd "$ROOT" && git diff --quiet -- sidecar 2>/dev/null || echo '+uncommitted sidecar changes'));" \
+       "sidecar binary ${SIDECAR#"$ROOT"/} built $(date -u -r "$SIDECAR" +%FT%TZ) (tree at $(cd "$ROOT" && git rev-parse --short HEAD 2>/dev/null || echo '?')$(cd "$ROOT" && git diff --quiet -- sidecar 2>/dev/null || echo '+uncommitted sidecar changes'));" \
        "$(haproxy -v 2>/dev/null | head -1 | awk '{print "HAProxy",$3}'), $(nginx -v 2>&1 | sed 's|.*/||;s|^|nginx |'), $(wrk -v 2>&1 | head -1 | awk '{print "wrk",$2}')$(have oha && echo ", $(oha --version)")"
   echo
   $PY "$HERE/proxy/summarize.py" "$TSV" "$OTSV" "$OUT/chart.tsv"
@@ -344,6 +354,9 @@ fi
 if have gnuplot; then  # optional chart (apt-get install gnuplot-nox)
   gnuplot -e "tsv='$OUT/chart.tsv'; out='$OUT/overhead.png'" "$HERE/proxy/chart.gp" 2>/dev/null \
     && echo "chart: $OUT/overhead.png"
+fi
+if [ "$BUILD" = pgo ] || [[ "$SIDECAR" == */pgo/* ]]; then
+  export LABEL_SIDECAR="sidecar (PGO)" LABEL_SIDECAR_ALL="sidecar (PGO), all policies" LABEL_B="sidecar (dist, no PGO)"
 fi
 $PY "$HERE/proxy/chart.py" "$OUT/chart.tsv" "$OUT/overhead.svg" "$(date -u '+%F %H:%M UTC')" \
   && echo "chart: $OUT/overhead.svg" || true

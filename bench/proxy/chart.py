@@ -27,6 +27,10 @@ SPARE = ["#e7298a", "#66a61e", "#e6ab02", "#a6761d"]
 color = {}
 for t in targets:
     color[t] = COLORS.get(t) or SPARE[sum(1 for c in color if c not in COLORS) % len(SPARE)]
+# bench/proxy.sh names the two sidecar builds when it knows them (BUILD=pgo: PGO vs plain dist).
+LABELS["sidecar"] = os.environ.get("LABEL_SIDECAR") or LABELS["sidecar"]
+LABELS["sidecar-all"] = os.environ.get("LABEL_SIDECAR_ALL") or LABELS["sidecar-all"]
+LABELS["sidecar-b"] = os.environ.get("LABEL_B") or LABELS["sidecar-b"]
 label = {t: LABELS.get(t, t) for t in targets}
 
 GROUPS = [("1k", "1 KiB"), ("64k", "64 KiB")]

@@ -136,6 +136,8 @@ echo "== merged profile: $PROFILE ($(du -h "$PROFILE" | cut -f1))" >&2
 
 # 3. Optimised build with the profile.
 echo "== profile-guided build ($USE_DIR)" >&2
+# Cargo does not see a new profile behind the same RUSTFLAGS: start the dist build over.
+(cd "$ROOT" && CARGO_TARGET_DIR=$USE_DIR cargo clean --profile dist --quiet 2>/dev/null || true)
 (cd "$ROOT" && RUSTFLAGS="-Cprofile-use=$PROFILE" \
    CARGO_TARGET_DIR=$USE_DIR cargo build --profile dist -p sidecar --locked --quiet)
 cp "$USE_DIR/dist/sidecar" "$OUT_DIR/sidecar"
