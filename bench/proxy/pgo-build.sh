@@ -64,29 +64,9 @@ GEN=$GEN_DIR/dist/sidecar
 
 # 2. Training run.
 rm -rf "$DATA"; mkdir -p "$DATA"
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+BENCH_NAME=pgo
+. "$HERE/lib.sh"
 P_BACKEND=$(free_port); P_PLAIN=$(free_port); P_ALL=$(free_port); P_ADM1=$(free_port); P_ADM2=$(free_port)
-RUN=$(mktemp -d /tmp/bulwark-pgo.XXXXXX)
-mkdir -p "$RUN/www" "$RUN/tmp"
-head -c 1024 /dev/zero | tr '\0' 'a' > "$RUN/www/1k"
-head -c 65536 /dev/zero | tr '\0' 'b' > "$RUN/www/64k"
-declare -A PID=()
-cleanup() {
-  local p
-  for p in "${PID[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  for p in "${PID[@]}"; do
-    for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$p" 2>/dev/null || true
-  done
-  rm -rf "$RUN"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
-TEMPS="client_body_temp_path $RUN/tmp/cb; proxy_temp_path $RUN/tmp/px; fastcgi_temp_path $RUN/tmp/fc; uwsgi_temp_path $RUN/tmp/uw; scgi_temp_path $RUN/tmp/sc;"
-render() {  # template output listen-port admin-port
-  sed -e "s|@RUN@|$RUN|g" -e "s|@TEMPS@|$TEMPS|g" -e "s|@P_BACKEND@|$P_BACKEND|g" \
-      -e "s|@P_SIDECAR@|${3:-}|g" -e "s|@P_ADMIN@|${4:-}|g" "$HERE/$1" > "$RUN/$2"
-}
 render backend.conf.in backend.conf
 # The backend also takes uploads (answers them with a small body) for the training's POSTs.
 sed -i 's|location / { }|location / { } location /up { client_max_body_size 1m; return 200 "ok\\n"; }|' "$RUN/backend.conf"

@@ -21,41 +21,21 @@ ROOT=$(cd "$HERE/../.." && pwd)
 SIDECAR=${SIDECAR:-$ROOT/target/dist/sidecar}
 SIDECAR_B=${SIDECAR_B:-}
 DUR=${DUR:-5}; REPS=${REPS:-2}; SIZE=${SIZE:-1k}; EVENTS=${EVENTS:-1}
-TARGETS=${TARGETS:-"sidecar $([ -n "$SIDECAR_B" ] && echo sidecar-b) haproxy"}
+TARGETS=${TARGETS:-"sidecar $([ -n "$SIDECAR_B" ] && echo sidecar-b || true) haproxy"}
 for t in nginx haproxy wrk nstat; do
   command -v $t >/dev/null || { echo "needs $t (bench/proxy.sh installs nginx, haproxy, wrk)" >&2; exit 1; }
 done
 [ "$EVENTS" = 0 ] || command -v perf >/dev/null || { echo "needs perf (apt-get install linux-perf) or EVENTS=0" >&2; exit 1; }
 
-RUN=$(mktemp -d /tmp/bulwark-sched-probe.XXXXXX)
-mkdir -p "$RUN/www" "$RUN/tmp"
-head -c 1024 /dev/zero | tr '\0' a > "$RUN/www/1k"
-head -c 65536 /dev/zero | tr '\0' b > "$RUN/www/64k"
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+BENCH_NAME=sched-probe
+. "$HERE/lib.sh"
 P_BACKEND=$(free_port); P_HAPROXY=$(free_port); P_SIDECAR=$(free_port); P_ADMIN=$(free_port)
 P_B=$(free_port); P_ADMIN_B=$(free_port)
-TEMPS="client_body_temp_path $RUN/tmp/cb; proxy_temp_path $RUN/tmp/px; fastcgi_temp_path $RUN/tmp/fc; uwsgi_temp_path $RUN/tmp/uw; scgi_temp_path $RUN/tmp/sc;"
-render() {
-  sed -e "s|@RUN@|$RUN|g" -e "s|@TEMPS@|$TEMPS|g" -e "s|@P_BACKEND@|$P_BACKEND|g" \
-      -e "s|@P_HAPROXY@|$P_HAPROXY|g" -e "s|@P_SIDECAR@|${3:-}|g" -e "s|@P_ADMIN@|${4:-}|g" \
-      "$HERE/$1" > "$RUN/$2"
-}
 render backend.conf.in backend.conf
 render haproxy.cfg.in haproxy.cfg
 render sidecar.toml.in sidecar.toml "$P_SIDECAR" "$P_ADMIN"
 render sidecar.toml.in sidecar-b.toml "$P_B" "$P_ADMIN_B"
-declare -A PID=() PORT=([haproxy]=$P_HAPROXY [sidecar]=$P_SIDECAR [sidecar-b]=$P_B)
-cleanup() {
-  local p
-  for p in "${PID[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
-  for p in "${PID[@]}"; do
-    for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-    kill -KILL "$p" 2>/dev/null || true
-  done
-  rm -rf "$RUN"
-}
-trap cleanup EXIT
-trap 'exit 130' INT TERM
+declare -A PORT=([haproxy]=$P_HAPROXY [sidecar]=$P_SIDECAR [sidecar-b]=$P_B)
 taskset -c 0 nginx -c "$RUN/backend.conf" -e "$RUN/backend.err" & PID[backend]=$!
 for t in $TARGETS; do case $t in
   haproxy) taskset -c 0 haproxy -db -f "$RUN/haproxy.cfg" >"$RUN/haproxy.log" 2>&1 & PID[haproxy]=$! ;;

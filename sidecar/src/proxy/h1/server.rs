@@ -378,7 +378,7 @@ where
         // round instead of once per answer. Measured on the 1 KiB benchmark: cross-core wake-ups
         // (IPIs) per request 0.31 -> 0.04, HAProxy's figure, and ~8 % less CPU per request. At
         // low load it costs one more poll of this task and a non-blocking `epoll_wait`
-        // (~1 µs of latency). See docs/BENCHMARKS.md, 2026-12-05 (later).
+        // (~1 µs of latency). See docs/BENCHMARKS.md, "Result, 2026-12-05 later".
         tokio::task::yield_now().await;
         let wrote = c.respond(resp, &mut meta).await;
         if !wrote {
