@@ -20,7 +20,7 @@ pub struct RequestMeta {
     /// The route (class rule) it matched.
     pub route: Arc<str>,
     /// Set by the retry layer for the try in flight: where the upstream client hands the head back.
-    pub head_back: Option<crate::proxy::HeadBack>,
+    pub head_back: Option<crate::upstream::HeadBack>,
 }
 
 impl RequestMeta {

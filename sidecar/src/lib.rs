@@ -6,14 +6,16 @@
 
 pub mod admin;
 pub mod classify;
+pub mod codec;
 pub mod config;
 pub mod error;
+pub mod listen;
 pub mod metrics;
 pub mod policy;
-pub mod proxy;
 pub mod server;
 pub mod telemetry;
 pub mod toxiproxy;
+pub mod upstream;
 
 use bytes::Bytes;
 

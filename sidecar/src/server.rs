@@ -3,12 +3,12 @@
 //! `drain_timeout`).
 
 use crate::config::{Config, PolicyConfig, Protocol};
+use crate::listen::http::ListenerRuntime;
 use crate::metrics::{ProxyMetrics, ReloadLabels};
 use crate::policy::breaker::{BreakerMetrics, BreakerRegistry};
 use crate::policy::retry::{RetryLayer, RetryMetrics};
 use crate::policy::shed::{ShedLayer, ShedMetrics};
 use crate::policy::throttle::{ThrottleLayer, ThrottleMetrics};
-use crate::proxy::http::ListenerRuntime;
 use crate::telemetry::LogHandle;
 use arc_swap::ArcSwap;
 use prometheus_client::registry::Registry;
@@ -365,7 +365,7 @@ pub async fn run(shared: Arc<Shared>, bound: Bound, mut stop: watch::Receiver<bo
                     .lock()
                     .expect("runtimes lock")
                     .insert(name.clone(), slot.clone());
-                tokio::spawn(crate::proxy::http::serve(
+                tokio::spawn(crate::listen::http::serve(
                     tcp,
                     slot,
                     shared.clone(),
@@ -373,7 +373,7 @@ pub async fn run(shared: Arc<Shared>, bound: Bound, mut stop: watch::Receiver<bo
                 ));
             }
             Protocol::Tcp => {
-                tokio::spawn(crate::proxy::tcp::serve(
+                tokio::spawn(crate::listen::tcp::serve(
                     tcp,
                     name.clone(),
                     shared.clone(),

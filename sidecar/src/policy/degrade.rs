@@ -16,7 +16,7 @@ use crate::policy::cache::{self, CidCache};
 use crate::policy::outage::{OutageRegistry, Phase};
 use crate::policy::retry::{buffer, Buffered};
 use crate::policy::{boxed_call, Maybe};
-use crate::proxy::forward::Forward;
+use crate::upstream::forward::Forward;
 use crate::{Request, Response};
 use futures::future::BoxFuture;
 use http::HeaderValue;

@@ -36,7 +36,7 @@ use crate::classify::RequestMeta;
 use crate::error::{ProxyError, TimeoutKind, H_ERROR};
 use crate::policy::boxed_call;
 use crate::policy::breaker::UpstreamName;
-use crate::proxy::HeadBack;
+use crate::upstream::HeadBack;
 use crate::{Body, BoxError, Request, Response};
 use bytes::{Bytes, BytesMut};
 use futures::future::BoxFuture;

@@ -8,7 +8,7 @@ use super::{OnUnavailable, OutcomeLabels, QodConfig, QodMode, QodState, H_QOD};
 use crate::error::ProxyError;
 use crate::policy::retry::{buffer, Buffered};
 use crate::policy::{boxed_call, Maybe};
-use crate::proxy::forward::Forward;
+use crate::upstream::forward::Forward;
 use crate::{Request, Response};
 use bytes::Bytes;
 use http::HeaderValue;

@@ -7,14 +7,14 @@
 
 use crate::classify::ClientId;
 use crate::config::{Config, Direction, ListenerConfig};
+use crate::listen::h1::{self, Limits, Served};
 use crate::metrics::{status_class, ErrorLabels, ListenerLabels, RequestLabels, RouteLabels};
 use crate::policy::breaker::BreakerLayer;
 use crate::policy::degrade::{DegradeDeps, DegradeLayer, Peer};
 use crate::policy::outage::OutageGateLayer;
 use crate::policy::qod::{Canary, QodFilterLayer, QodProbeLayer};
-use crate::proxy::forward::{Forward, Target};
-use crate::proxy::h1::{self, server::Limits, server::Served};
 use crate::server::Shared;
+use crate::upstream::forward::{Forward, Target};
 use crate::{Request, Response};
 use arc_swap::ArcSwap;
 use http::{HeaderName, HeaderValue};
@@ -230,7 +230,7 @@ pub async fn serve(
             };
             drop(l);
             let slot = StackSlot::default();
-            let served = h1::server::serve(stream, limits, &mut shutdown, |req| {
+            let served = h1::serve(stream, limits, &mut shutdown, |req| {
                 let fut = handle(rt.load_full(), shared.clone(), remote, req, slot.clone());
                 async move {
                     let resp = fut.await;
@@ -250,7 +250,7 @@ pub async fn serve(
 
 /// HTTP/2 with prior knowledge (h2c), on hyper's server.
 async fn serve_h2(
-    io: h1::server::Rewind,
+    io: h1::Rewind,
     limits: Limits,
     rt: &Arc<ArcSwap<ListenerRuntime>>,
     shared: &Arc<Shared>,

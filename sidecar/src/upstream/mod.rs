@@ -1,10 +1,9 @@
-//! The data path: HTTP (h1 + h2c) and TCP listeners, the per-request edge, and the upstream client.
+//! The way out: where a request goes (`forward.rs`: the target, the allow-list, the origin-form
+//! rewrite), the connection pool (`pool.rs`) and the HTTP/1.1 client codec (`h1.rs`).
 
 pub mod forward;
 pub mod h1;
-pub mod http;
 pub mod pool;
-pub mod tcp;
 
 use crate::classify::RequestMeta;
 use std::sync::{Arc, Mutex};

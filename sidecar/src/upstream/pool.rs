@@ -18,9 +18,10 @@
 //! - Errors are typed for the breaker: connect refused/failed → `Connect`, connect timeout →
 //!   `Timeout(Connect)`, anything after the connection was made → `Upstream` (all local-origin).
 
+use crate::codec::{Decoder, H1Error};
 use crate::error::{ProxyError, TimeoutKind};
-use crate::proxy::h1::{self, Answer, Conn, Decoder, H1Error, Out, Upload};
-use crate::proxy::HeadBack;
+use crate::upstream::h1::{self, Answer, Conn, Out, Upload};
+use crate::upstream::HeadBack;
 use crate::Body;
 use bytes::Bytes;
 use http::uri::Authority;
@@ -211,7 +212,7 @@ impl Pool {
 fn upstream_error(auth: &Authority, e: &H1Error) -> ProxyError {
     ProxyError::Upstream {
         upstream: auth.to_string(),
-        msg: crate::proxy::forward::error_chain(e),
+        msg: crate::upstream::forward::error_chain(e),
     }
 }
 

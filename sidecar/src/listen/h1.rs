@@ -33,7 +33,7 @@
 //! - **Drain**: on shutdown an idle connection closes at once; a busy one finishes its answer
 //!   with `connection: close`.
 
-use super::{is_hop_by_hop, itoa, parse_length, poll_decode, Chunk, Decoder, NameCache};
+use crate::codec::{is_hop_by_hop, itoa, parse_length, poll_decode, Chunk, Decoder, NameCache};
 use crate::{Body, Request, Response};
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderValue};

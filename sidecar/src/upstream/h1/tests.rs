@@ -2,6 +2,7 @@
 //! marker, writes canned bytes, and hands back what it received.
 
 use super::*;
+use crate::BoxError;
 use http_body_util::{BodyExt, StreamBody};
 use std::net::SocketAddr;
 use std::time::Duration;

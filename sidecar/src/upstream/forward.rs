@@ -2,9 +2,9 @@
 //! streams the answer back. Connection failures become typed, local-origin errors for the breaker and
 //! retries.
 
+use crate::codec::is_hop_by_hop;
 use crate::error::ProxyError;
-use crate::proxy::h1::is_hop_by_hop;
-use crate::proxy::pool::Pool;
+use crate::upstream::pool::Pool;
 use crate::{Request, Response};
 use futures::future::BoxFuture;
 use http::header::{self, HeaderName};
