@@ -1,6 +1,9 @@
 //! Admin API (Envoy-style): `/metrics`, `/ready`, `/live`, `/config`, `/circuits`, `/log-level`,
 //! `/reload`. Loopback by default; when bound elsewhere every call needs `Authorization: Bearer`.
 
+pub mod api;
+pub mod client;
+
 use crate::server::Shared;
 use crate::{full, Response};
 use http::{header, Method, StatusCode};
