@@ -13,6 +13,7 @@ pub mod listen;
 pub mod metrics;
 pub mod policy;
 pub mod server;
+pub mod stack;
 pub mod telemetry;
 pub mod toxiproxy;
 pub mod upstream;

@@ -92,7 +92,7 @@ fn run(path: PathBuf) -> i32 {
                 return 1;
             }
         };
-        let mut shared = match sidecar::server::Shared::new(cfg, Some(path), Some(log)) {
+        let mut shared = match sidecar::server::SidecarState::new(cfg, Some(path), Some(log)) {
             Ok(s) => s,
             Err(e) => {
                 eprintln!("Error: {e}");

@@ -2,63 +2,26 @@
 //! (validate, then swap), and drain on SIGTERM (stop accepting, let in-flight work finish within
 //! `drain_timeout`).
 
-use crate::config::{Config, PolicyConfig, Protocol};
+use crate::config::{Config, Protocol};
+use crate::listen::conn::ConnCounter;
 use crate::listen::http::ListenerRuntime;
 use crate::metrics::{ProxyMetrics, ReloadLabels};
 use crate::policy::breaker::{BreakerMetrics, BreakerRegistry};
-use crate::policy::retry::{RetryLayer, RetryMetrics};
-use crate::policy::shed::{ShedLayer, ShedMetrics};
-use crate::policy::throttle::{ThrottleLayer, ThrottleMetrics};
+use crate::policy::retry::RetryMetrics;
+use crate::policy::shed::ShedMetrics;
+use crate::policy::throttle::ThrottleMetrics;
 use crate::telemetry::LogHandle;
 use arc_swap::ArcSwap;
 use prometheus_client::registry::Registry;
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Notify};
-
-/// Open connections, so a drain knows when it is done.
-#[derive(Default)]
-pub struct ConnCounter {
-    n: AtomicUsize,
-    zero: Notify,
-}
-
-pub struct ConnGuard<'a>(&'a ConnCounter);
-
-impl ConnCounter {
-    pub fn enter(&self) -> ConnGuard<'_> {
-        self.n.fetch_add(1, Ordering::SeqCst);
-        ConnGuard(self)
-    }
-
-    pub fn count(&self) -> usize {
-        self.n.load(Ordering::SeqCst)
-    }
-
-    async fn wait_zero(&self) {
-        loop {
-            let notified = self.zero.notified();
-            if self.count() == 0 {
-                return;
-            }
-            notified.await;
-        }
-    }
-}
-
-impl Drop for ConnGuard<'_> {
-    fn drop(&mut self) {
-        if self.0.n.fetch_sub(1, Ordering::SeqCst) == 1 {
-            self.0.zero.notify_waiters();
-        }
-    }
-}
+use tokio::sync::watch;
 
 /// State that lives as long as the process, across reloads.
-pub struct Shared {
+pub struct SidecarState {
     pub config: ArcSwap<Config>,
     pub config_path: Option<PathBuf>,
     pub metrics: ProxyMetrics,
@@ -85,22 +48,11 @@ pub struct Shared {
     /// OTLP export is on: proxied requests get spans.
     pub tracing: bool,
     runtimes: Mutex<HashMap<String, Arc<ArcSwap<ListenerRuntime>>>>,
-    layers: Mutex<HashMap<String, PolicyLayers>>,
+    /// Stateful policy layers per listener, kept across reloads.
+    pub layer_cache: crate::stack::LayerCache,
 }
 
-/// A listener's stateful policy layers. A reload keeps each one (its limiter state, in-flight count,
-/// retry budget) unless that policy's own configuration changed.
-#[derive(Clone)]
-pub struct PolicyLayers {
-    config: PolicyConfig,
-    pub throttle: ThrottleLayer,
-    pub shed: ShedLayer,
-    pub retry: RetryLayer,
-    /// Kept across reloads so the listener's fault RNG sequence is not reset.
-    pub fault: crate::policy::fault::FaultLayer,
-}
-
-impl Shared {
+impl SidecarState {
     /// Fails when persisted state cannot be read (a corrupt blacklist file is not silently
     /// forgotten).
     pub fn new(
@@ -157,58 +109,13 @@ impl Shared {
             log,
             tracing: false,
             runtimes: Mutex::new(HashMap::new()),
-            layers: Mutex::new(HashMap::new()),
+            layer_cache: Default::default(),
         }))
-    }
-
-    /// The policy layers for a listener under `policy`, reusing the current ones where unchanged.
-    pub fn policy_layers(&self, listener: &str, policy: &PolicyConfig) -> PolicyLayers {
-        let mut all = self.layers.lock().expect("layers lock");
-        let old = all.get(listener);
-        let throttle = match old {
-            Some(o) if o.config.throttle == policy.throttle => o.throttle.clone(),
-            _ => ThrottleLayer::new(policy.throttle.clone(), self.throttle_metrics.clone()),
-        };
-        let shed = match old {
-            Some(o) if o.config.shed == policy.shed => o.shed.clone(),
-            _ => ShedLayer::new(policy.shed.clone(), self.shed_metrics.clone()),
-        };
-        let retry = match old {
-            Some(o) if o.config.retry == policy.retry => o.retry.clone(),
-            _ => RetryLayer::new(policy.retry.clone(), self.retry_metrics.clone()),
-        };
-        let fault = match old {
-            Some(o) => o.fault.clone(),
-            // Seeded per listener (FNV-1a of its name): reproducible, and listeners do not
-            // draw the same sequence.
-            None => {
-                let seed = listener.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-                    (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
-                });
-                crate::policy::fault::FaultLayer::new(self.faults.clone(), seed)
-                    .for_listener(listener)
-            }
-        };
-        let layers = PolicyLayers {
-            config: policy.clone(),
-            throttle,
-            shed,
-            retry,
-            fault,
-        };
-        all.insert(listener.to_string(), layers.clone());
-        layers
     }
 
     /// In-flight requests per listener (admin `/stats`).
     pub fn in_flight(&self) -> Vec<(String, usize)> {
-        let all = self.layers.lock().expect("layers lock");
-        let mut v: Vec<(String, usize)> = all
-            .iter()
-            .map(|(k, l)| (k.clone(), l.shed.handle().in_flight()))
-            .collect();
-        v.sort();
-        v
+        self.layer_cache.in_flight()
     }
 
     /// Validates `text` as a whole new configuration and swaps it in. Listener addresses and
@@ -351,7 +258,7 @@ impl Bound {
 }
 
 /// Serves until `stop` fires, then drains. Returns when the drain is over.
-pub async fn run(shared: Arc<Shared>, bound: Bound, mut stop: watch::Receiver<bool>) {
+pub async fn run(shared: Arc<SidecarState>, bound: Bound, mut stop: watch::Receiver<bool>) {
     let (tx, rx) = watch::channel(false);
     let cfg = shared.config.load_full();
     for (name, proto, tcp) in bound.listeners {

@@ -4,7 +4,7 @@
 pub mod api;
 pub mod client;
 
-use crate::server::Shared;
+use crate::server::SidecarState;
 use crate::{full, Response};
 use http::{header, Method, StatusCode};
 use http_body_util::BodyExt;
@@ -16,7 +16,11 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-pub async fn serve(tcp: TcpListener, shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
+pub async fn serve(
+    tcp: TcpListener,
+    shared: Arc<SidecarState>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     loop {
         let (stream, _) = tokio::select! {
             r = tcp.accept() => match r { Ok(v) => v, Err(_) => continue },
@@ -56,7 +60,7 @@ fn json(v: &impl serde::Serialize) -> Response {
     r
 }
 
-async fn route(shared: &Shared, req: http::Request<Incoming>) -> Response {
+async fn route(shared: &SidecarState, req: http::Request<Incoming>) -> Response {
     let cfg = shared.config.load_full();
     if let Some(token) = cfg.admin.token.as_deref().filter(|t| !t.is_empty()) {
         let ok = req

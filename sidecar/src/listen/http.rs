@@ -6,14 +6,11 @@
 //! touching open connections.
 
 use crate::classify::ClientId;
-use crate::config::{Config, Direction, ListenerConfig};
+use crate::config::{Config, ListenerConfig};
 use crate::listen::h1::{self, Limits, Served};
 use crate::metrics::{status_class, ErrorLabels, ListenerLabels, RequestLabels, RouteLabels};
-use crate::policy::breaker::BreakerLayer;
-use crate::policy::degrade::{DegradeDeps, DegradeLayer, Peer};
-use crate::policy::outage::OutageGateLayer;
-use crate::policy::qod::{Canary, QodFilterLayer, QodProbeLayer};
-use crate::server::Shared;
+use crate::server::SidecarState;
+use crate::stack::{Built, Stack};
 use crate::upstream::forward::{Forward, Target};
 use crate::{Request, Response};
 use arc_swap::ArcSwap;
@@ -28,15 +25,11 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tower::util::BoxCloneSyncService;
-use tower::ServiceBuilder;
 
 /// Header names as constants: a `&str` key is parsed and validated on every lookup (~1k
 /// instructions per request for these four uses, measured with callgrind).
 const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
-
-pub type Stack = BoxCloneSyncService<Request, Response, crate::error::ProxyError>;
 
 /// One listener's behaviour under one configuration.
 pub struct ListenerRuntime {
@@ -67,103 +60,23 @@ struct MetricKey {
 const MAX_METRIC_HANDLES: usize = 4096;
 
 impl ListenerRuntime {
-    pub fn build(cfg: Arc<Config>, name: &str, shared: &Shared) -> Option<Self> {
+    pub fn build(cfg: Arc<Config>, name: &str, shared: &SidecarState) -> Option<Self> {
         let listener = cfg.listeners.iter().find(|l| l.name == name)?.clone();
-        let policy = cfg.policy_for(&listener).clone();
-        let target = match listener.direction {
-            Direction::Inbound => Target::Fixed(
-                listener
-                    .upstream
-                    .as_deref()
-                    .unwrap_or_default()
-                    .parse()
-                    .ok()?,
-            ),
-            Direction::Outbound => {
-                Target::ByAuthority(Arc::new(listener.allowed_upstreams.clone()))
-            }
-        };
-        let forward_target_name = match &target {
-            Target::Fixed(a) => Some(a.to_string()),
+        let Built { stack, forward } = crate::stack::build(&cfg, &listener, shared)?;
+        let fixed_upstream: Option<Arc<str>> = match forward.target() {
+            Target::Fixed(a) => Some(Arc::from(a.as_str())),
             Target::ByAuthority(_) => None,
         };
-        let max_buf = listener.upstream_buffer_bytes;
-        let forward = Forward::new(target, listener.connect_timeout, max_buf);
-        let layers = shared.policy_layers(name, &policy);
-        let shed_handle = layers.shed.handle();
-        // The blacklist applies on every inbound listener; probing only where canaries are named.
-        let qod = (cfg.qod.enabled && listener.direction == Direction::Inbound)
-            .then(|| (shared.qod.clone(), Arc::new(cfg.qod.clone())));
-        let canaries = listener
-            .canaries
-            .iter()
-            .filter_map(|c| {
-                Some(Canary {
-                    addr: Arc::from(c.as_str()),
-                    forward: Forward::with_pool(
-                        Target::Fixed(c.parse().ok()?),
-                        listener.connect_timeout,
-                        0,
-                        max_buf,
-                    ),
-                })
-            })
-            .collect();
-        let failover = listener
-            .failover
-            .iter()
-            .filter_map(|f| {
-                Some(Peer {
-                    addr: Arc::from(f.as_str()),
-                    forward: Forward::new(
-                        Target::Fixed(f.parse().ok()?),
-                        listener.connect_timeout,
-                        max_buf,
-                    ),
-                })
-            })
-            .collect();
-        // Faults first: what they inject looks like a real failure to every policy behind them.
-        // Then known queries of death are refused before they cost anything; new request shapes
-        // are probed only after throttling and shedding had their say.
-        let stack = ServiceBuilder::new()
-            .layer(layers.fault)
-            .layer(QodFilterLayer::new(qod.clone()))
-            .layer(layers.throttle)
-            .layer(layers.shed)
-            .layer(QodProbeLayer::new(qod, name, canaries))
-            .layer(DegradeLayer::new(
-                (listener.direction == Direction::Inbound).then(|| DegradeDeps {
-                    cfg: cfg.degrade.clone(),
-                    outages: shared.outages.clone(),
-                    peers: failover,
-                    metrics: shared.degrade_metrics.clone(),
-                    cache: shared.cid_cache.clone(),
-                    brownout: shared.brownout.clone(),
-                    shed: shed_handle,
-                    max_in_flight: policy.shed.max_in_flight,
-                }),
-                name,
-            ))
-            .layer(OutageGateLayer::new(shared.outages.clone()))
-            .layer(BreakerLayer::new(
-                policy.breaker.clone(),
-                shared.breakers.clone(),
-                shared.breaker_metrics.clone(),
-            ))
-            .layer(layers.retry)
-            .service(forward.clone());
         let routes = cfg
             .class_rules
             .iter()
             .map(|r| Arc::from(r.name.as_str()))
             .chain(std::iter::once(Arc::from("other")))
             .collect();
-        let fixed_upstream: Option<Arc<str>> = forward_target_name.as_deref().map(Arc::from);
         Some(Self {
             cfg,
             listener,
-            stack: BoxCloneSyncService::new(stack),
+            stack,
             forward,
             routes,
             fixed_upstream,
@@ -189,7 +102,7 @@ impl ListenerRuntime {
 pub async fn serve(
     tcp: TcpListener,
     rt: Arc<ArcSwap<ListenerRuntime>>,
-    shared: Arc<Shared>,
+    shared: Arc<SidecarState>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let name = rt.load().listener.name.clone();
@@ -253,7 +166,7 @@ async fn serve_h2(
     io: h1::Rewind,
     limits: Limits,
     rt: &Arc<ArcSwap<ListenerRuntime>>,
-    shared: &Arc<Shared>,
+    shared: &Arc<SidecarState>,
     remote: SocketAddr,
     shutdown: &mut watch::Receiver<bool>,
     slot: StackSlot,
@@ -300,7 +213,7 @@ async fn serve_h2(
 /// lifetime inference on trait objects inside spawned async blocks.
 fn handle(
     rt: Arc<ListenerRuntime>,
-    shared: Arc<Shared>,
+    shared: Arc<SidecarState>,
     remote: SocketAddr,
     req: Request,
     slot: StackSlot,
@@ -336,7 +249,7 @@ impl StackSlot {
 
 async fn handle_inner(
     rt: Arc<ListenerRuntime>,
-    shared: Arc<Shared>,
+    shared: Arc<SidecarState>,
     remote: SocketAddr,
     mut req: Request,
     slot: StackSlot,
@@ -418,7 +331,7 @@ async fn handle_inner(
 
 fn answer(
     rt: &ListenerRuntime,
-    shared: &Shared,
+    shared: &SidecarState,
     route: &Arc<str>,
     class: crate::classify::TrafficClass,
     upstream: &Arc<str>,

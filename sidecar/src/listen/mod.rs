@@ -4,8 +4,10 @@
 //!   before the policy stack (classification, request id and trace context, metrics, the one place
 //!   a [`crate::error::ProxyError`] becomes an answer for a data-plane client);
 //! - `h1.rs`: the HTTP/1.1 server codec (framing, limits, keep-alive, drain);
-//! - `tcp.rs`: L4 listeners (NBD), bytes copied both ways.
+//! - `tcp.rs`: L4 listeners (NBD), bytes copied both ways;
+//! - `conn.rs`: open connections, counted for the drain.
 
+pub mod conn;
 pub mod h1;
 pub mod http;
 pub mod tcp;

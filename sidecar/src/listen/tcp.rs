@@ -2,7 +2,7 @@
 //! listener's connect timeout and copy bytes both ways, counting them.
 
 use crate::metrics::{BytesLabels, ErrorLabels, ListenerLabels};
-use crate::server::Shared;
+use crate::server::SidecarState;
 use std::sync::Arc;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -10,7 +10,7 @@ use tokio::sync::watch;
 pub async fn serve(
     tcp: TcpListener,
     name: String,
-    shared: Arc<Shared>,
+    shared: Arc<SidecarState>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let labels = ListenerLabels {

@@ -236,7 +236,7 @@ impl RetryMetrics {
 
 /// State shared by all clones of one layer's services: the budget must see every request.
 #[derive(Debug)]
-struct Shared {
+struct RetryState {
     cfg: RetryConfig,
     methods: Vec<Method>,
     budget: TpsBudget,
@@ -244,7 +244,7 @@ struct Shared {
     metrics: RetryMetrics,
 }
 
-impl Shared {
+impl RetryState {
     /// Full jitter: uniform in [0, min(max, base × 2^(failed_tries − 1))].
     fn backoff(&self, failed_tries: u32) -> Duration {
         let exp = 1u32
@@ -263,7 +263,7 @@ impl Shared {
 
 #[derive(Clone, Debug)]
 pub struct RetryLayer {
-    shared: Arc<Shared>,
+    shared: Arc<RetryState>,
 }
 
 impl RetryLayer {
@@ -278,7 +278,7 @@ impl RetryLayer {
             Some(s) => StdRng::seed_from_u64(s),
             None => StdRng::from_os_rng(),
         };
-        let shared = Shared {
+        let shared = RetryState {
             budget: config.budget(),
             methods,
             rng: Mutex::new(rng),
@@ -305,7 +305,7 @@ impl<S> Layer<S> for RetryLayer {
 #[derive(Clone, Debug)]
 pub struct RetryService<S> {
     inner: S,
-    shared: Arc<Shared>,
+    shared: Arc<RetryState>,
 }
 
 impl<S> Service<Request> for RetryService<S>
@@ -341,7 +341,7 @@ fn worth_retrying(res: &Result<Response, ProxyError>) -> bool {
     }
 }
 
-async fn run<S>(mut inner: S, sh: Arc<Shared>, req: Request) -> Result<Response, ProxyError>
+async fn run<S>(mut inner: S, sh: Arc<RetryState>, req: Request) -> Result<Response, ProxyError>
 where
     S: Service<Request, Response = Response, Error = ProxyError>,
     S::Future: Send + 'static,
@@ -449,7 +449,7 @@ where
 async fn attempt<S>(
     inner: &mut S,
     req: Request,
-    sh: &Shared,
+    sh: &RetryState,
     deadline: Instant,
     upstream: &Arc<str>,
 ) -> Result<Response, ProxyError>
@@ -484,7 +484,7 @@ where
     }
 }
 
-fn deadline_error(sh: &Shared, upstream: &Arc<str>) -> ProxyError {
+fn deadline_error(sh: &RetryState, upstream: &Arc<str>) -> ProxyError {
     sh.metrics
         .timeouts
         .get_or_create(&TimeoutLabels { kind: "deadline" })

@@ -152,14 +152,14 @@ fn class_index(class: TrafficClass) -> usize {
 }
 
 #[derive(Debug)]
-struct Shared {
+struct ShedState {
     in_flight: AtomicUsize,
     thresholds: PerClass<usize>,
     shed: PerClass<Counter>,
     in_flight_gauge: PerClass<Gauge>,
 }
 
-impl Shared {
+impl ShedState {
     /// Admission is one compare-and-swap on the shared count, so the thresholds hold exactly
     /// under any concurrency (no check-then-increment window).
     fn try_acquire(self: &Arc<Self>, class: TrafficClass) -> Result<Permit, usize> {
@@ -182,7 +182,7 @@ impl Shared {
 /// error, cancelled future) gives it back exactly once.
 #[derive(Debug)]
 struct Permit {
-    shared: Arc<Shared>,
+    shared: Arc<ShedState>,
     class: usize,
 }
 
@@ -196,7 +196,7 @@ impl Drop for Permit {
 /// Read-only view of the limiter for the admin API.
 #[derive(Clone, Debug)]
 pub struct ShedHandle {
-    shared: Arc<Shared>,
+    shared: Arc<ShedState>,
 }
 
 impl ShedHandle {
@@ -213,7 +213,7 @@ impl ShedHandle {
 /// limit protects the node, not a connection.
 #[derive(Clone, Debug)]
 pub struct ShedLayer {
-    shared: Arc<Shared>,
+    shared: Arc<ShedState>,
 }
 
 impl ShedLayer {
@@ -221,7 +221,7 @@ impl ShedLayer {
     /// rather than trusted.
     pub fn new(config: ShedConfig, metrics: ShedMetrics) -> Self {
         Self {
-            shared: Arc::new(Shared {
+            shared: Arc::new(ShedState {
                 in_flight: AtomicUsize::new(0),
                 thresholds: TrafficClass::ALL.map(|c| config.threshold(c)),
                 shed: TrafficClass::ALL.map(|c| metrics.shed(c)),
@@ -251,7 +251,7 @@ impl<S> tower::Layer<S> for ShedLayer {
 #[derive(Clone, Debug)]
 pub struct Shed<S> {
     inner: S,
-    shared: Arc<Shared>,
+    shared: Arc<ShedState>,
 }
 
 impl<S> tower::Service<Request> for Shed<S>

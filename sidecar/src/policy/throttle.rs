@@ -100,7 +100,7 @@ pub struct ThrottleConfig {
     /// Upper bound on per-client limiter states kept in memory.
     pub max_clients: usize,
     pub exempt_classes: Vec<TrafficClass>,
-    /// Shared by all response bodies through this listener (not per request).
+    /// ThrottleState by all response bodies through this listener (not per request).
     pub bytes_per_second: Option<u64>,
     pub burst_bytes: u64,
 }
@@ -309,7 +309,7 @@ struct ByteLimiter {
     wait_seconds: Counter<f64, AtomicU64>,
 }
 
-struct Shared<C: Clock> {
+struct ThrottleState<C: Clock> {
     clock: C,
     global: Option<Direct<C>>,
     per_client: Option<Keyed<C>>,
@@ -330,7 +330,7 @@ fn class_index(class: TrafficClass) -> usize {
     }
 }
 
-impl<C> Shared<C>
+impl<C> ThrottleState<C>
 where
     C: Clock,
 {
@@ -412,7 +412,7 @@ where
 
 /// Every service built from one layer, and every clone of those, shares the same limiters.
 pub struct ThrottleLayer<C: Clock = DefaultClock> {
-    shared: Arc<Shared<C>>,
+    shared: Arc<ThrottleState<C>>,
 }
 
 impl<C: Clock> Clone for ThrottleLayer<C> {
@@ -475,7 +475,7 @@ where
             exempt[class_index(*c)] = true;
         }
         Self {
-            shared: Arc::new(Shared {
+            shared: Arc::new(ThrottleState {
                 clock,
                 global,
                 per_client,
@@ -503,7 +503,7 @@ impl<S, C: Clock> tower::Layer<S> for ThrottleLayer<C> {
 
 pub struct Throttle<S, C: Clock = DefaultClock> {
     inner: S,
-    shared: Arc<Shared<C>>,
+    shared: Arc<ThrottleState<C>>,
 }
 
 impl<S: Clone, C: Clock> Clone for Throttle<S, C> {

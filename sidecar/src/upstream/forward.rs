@@ -62,6 +62,10 @@ impl Forward {
         }
     }
 
+    pub fn target(&self) -> &Target {
+        &self.target
+    }
+
     /// The upstream a request goes to, checked against the allow-list for outbound traffic.
     pub fn upstream_of(&self, req: &Request) -> Result<Authority, ProxyError> {
         match &self.target {
