@@ -5,11 +5,14 @@
 //! Module map, one concern each:
 //! - [`placement`]: object → placement group → ordered acting set (rendezvous hashing, failure domain).
 //! - [`objstore`]: this node's replicas: object files + per-chunk CRC32C + versions, group commit.
-//! - `wal`: the object store's write-ahead log files (checksummed frames, two generations).
-//! - [`nbd`]: the NBD server (fixed newstyle), generic over [`nbd::ExportProvider`].
+//! - `wal`: the object store's write-ahead log: its files (checksummed frames, two generations),
+//!   records, checkpoints and replay.
+//! - [`nbd`]: the NBD server (fixed newstyle), generic over [`nbd::ExportProvider`]: protocol codec,
+//!   handshake, transmission.
 //! - [`meta`]: pools and images, replicated on every node (LWW records).
 //! - [`wire`]: batched replica operations between nodes.
-//! - [`service`]: the coordinator (image I/O → object replicas) and the replica side.
+//! - [`service`]: pools and images, the coordinator (image I/O → object replicas) and the replica
+//!   side.
 //! - [`recovery`]: background recovery, stray/orphan clean-up, scrub.
 //! - [`health`]: Ceph-style health checks and reports.
 //! - [`export`]: images as NBD exports.

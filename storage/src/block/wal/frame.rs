@@ -1,4 +1,4 @@
-//! The object store's write-ahead log files: checksummed frames appended to one of two generation
+//! The write-ahead log files: checksummed frames appended to one of two generation
 //! files, made durable by one `fdatasync` per group commit.
 //!
 //! # Decisions
@@ -7,7 +7,7 @@
 //!   object metadata rows updated beside it, that was ~30 % of a replica's CPU under 4K random
 //!   writes. An append is one `pwrite` of the batch and one `fdatasync`.
 //! - **Frame** = `magic u32 ‖ len u32 ‖ seq u64 ‖ crc32c(seq ‖ payload) u32 ‖ payload` (LE). The
-//!   payload's meaning belongs to the caller ([`super::objstore`]).
+//!   payload's meaning belongs to the caller ([`super::record`]).
 //! - **Generations are reused from offset 0** once everything in them is checkpointed, so a file
 //!   holds its current frames from offset 0 followed by leftovers of earlier uses. A scan takes
 //!   frames from offset 0 while each is valid and its `seq` is its predecessor's + 1: leftovers
@@ -36,7 +36,7 @@ const GROW_STEP: u64 = 4 << 20;
 const MAX_PAYLOAD: u32 = 256 << 20;
 
 /// One generation file, appended to by the object store's writer thread.
-pub(super) struct LogFile {
+pub(crate) struct LogFile {
     file: File,
     /// Where the next frame goes.
     head: u64,
@@ -45,7 +45,7 @@ pub(super) struct LogFile {
 }
 
 impl LogFile {
-    pub(super) fn open(path: &Path) -> io::Result<Self> {
+    pub(crate) fn open(path: &Path) -> io::Result<Self> {
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -57,7 +57,7 @@ impl LogFile {
     }
 
     /// Writes `frames` (built with [`frame`]) at the head and makes them durable.
-    pub(super) fn append(&mut self, frames: &[u8]) -> io::Result<()> {
+    pub(crate) fn append(&mut self, frames: &[u8]) -> io::Result<()> {
         let end = self.head + frames.len() as u64;
         if end > self.len {
             let target = end.div_ceil(GROW_STEP) * GROW_STEP;
@@ -77,13 +77,13 @@ impl LogFile {
     }
 
     /// Reuse the file from offset 0: everything in it is checkpointed.
-    pub(super) fn rewind(&mut self) {
+    pub(crate) fn rewind(&mut self) {
         self.head = 0;
     }
 
     /// Empties the file (after a replay): no leftover frame survives, not even one that a torn
     /// write left valid behind an invalid one.
-    pub(super) fn clear(&mut self) -> io::Result<()> {
+    pub(crate) fn clear(&mut self) -> io::Result<()> {
         self.file.set_len(0)?;
         self.file.sync_all()?;
         self.head = 0;
@@ -92,13 +92,13 @@ impl LogFile {
     }
 
     #[cfg(test)]
-    pub(super) fn head(&self) -> u64 {
+    pub(crate) fn head(&self) -> u64 {
         self.head
     }
 }
 
 /// Appends one frame with sequence number `seq` to `out`; `payload` writes the payload.
-pub(super) fn frame(out: &mut Vec<u8>, seq: u64, payload: impl FnOnce(&mut Vec<u8>)) {
+pub(crate) fn frame(out: &mut Vec<u8>, seq: u64, payload: impl FnOnce(&mut Vec<u8>)) {
     let start = out.len();
     out.extend_from_slice(&MAGIC.to_le_bytes());
     out.extend_from_slice(&[0u8; 4]);
@@ -140,7 +140,7 @@ fn next_frame(r: &mut impl Read, remaining: &mut u64) -> io::Result<Option<(u64,
 /// Visits, in order, the frames with `seq > after` of the chain that starts at offset 0 of `path`
 /// (see the module docs); returns the first and last sequence number visited. A missing file is
 /// an empty log.
-pub(super) fn scan<E: From<io::Error>>(
+pub(crate) fn scan<E: From<io::Error>>(
     path: &Path,
     after: u64,
     mut visit: impl FnMut(u64, &[u8]) -> Result<(), E>,
