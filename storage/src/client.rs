@@ -111,34 +111,19 @@ pub(crate) fn pretty(v: &Value) -> String {
     serde_json::to_string_pretty(v).expect("json")
 }
 
+type Out<'a> = std::io::StdoutLock<'a>;
+
+/// Writes one line to stdout.
+fn line(out: &mut Out, s: String) -> R<()> {
+    writeln!(out, "{s}").map_err(|e| Failure::new(exit::FAILED, format!("stdout: {e}")))
+}
+
 pub async fn run(cli: &Cli) -> R<()> {
     let mut out = std::io::stdout().lock();
-    let w = |out: &mut std::io::StdoutLock, s: String| -> R<()> {
-        writeln!(out, "{s}").map_err(|e| Failure::new(exit::FAILED, format!("stdout: {e}")))
-    };
+    let out = &mut out;
     match &cli.cmd {
-        Cmd::Id => w(&mut out, pretty(&json(rpc(cli, "id", &[]).await?).await?)),
-        Cmd::Peers { cmd: PeersCmd::Ls } => {
-            let resp = cluster(cli, reqwest::Method::GET, "/peers", &[]).await?;
-            for p in ndjson(resp).await? {
-                let err = p["error"].as_str().unwrap_or("");
-                let state = if err.is_empty() {
-                    "up".to_string()
-                } else {
-                    format!("DOWN: {err}")
-                };
-                w(
-                    &mut out,
-                    format!(
-                        "{} | {} | {}",
-                        p["id"].as_str().unwrap_or(""),
-                        p["peername"].as_str().unwrap_or(""),
-                        state
-                    ),
-                )?;
-            }
-            Ok(())
-        }
+        Cmd::Id => line(out, pretty(&json(rpc(cli, "id", &[]).await?).await?)),
+        Cmd::Peers { cmd: PeersCmd::Ls } => peers_ls(cli, out).await,
         Cmd::Add {
             file,
             cid_version,
@@ -147,19 +132,6 @@ pub async fn run(cli: &Cli) -> R<()> {
             no_pin,
             quiet,
         } => {
-            let f = tokio::fs::File::open(file).await.map_err(|e| {
-                Failure::new(exit::FAILED, format!("cannot open {}: {e}", file.display()))
-            })?;
-            let len = f.metadata().await.map(|m| m.len()).unwrap_or(0);
-            let name = file
-                .file_name()
-                .map(|n| n.to_string_lossy().to_string())
-                .unwrap_or_default();
-            let part = reqwest::multipart::Part::stream_with_length(reqwest::Body::from(f), len)
-                .file_name(name)
-                .mime_str("application/octet-stream")
-                .expect("mime");
-            let form = reqwest::multipart::Form::new().part("file", part);
             let mut q = vec![
                 ("cid-version", cid_version.to_string()),
                 ("only-hash", only_hash.to_string()),
@@ -168,133 +140,30 @@ pub async fn run(cli: &Cli) -> R<()> {
             if let Some(r) = raw_leaves {
                 q.push(("raw-leaves", r.to_string()));
             }
-            let url = format!("http://{}/api/v0/add", cli.api);
-            let resp = http()
-                .post(url)
-                .query(&q)
-                .multipart(form)
-                .send()
-                .await
-                .map_err(|e| unreachable(&cli.api, e))?;
-            for ev in ndjson(check(resp).await?).await? {
-                let hash = ev["Hash"].as_str().unwrap_or("");
-                if *quiet {
-                    w(&mut out, hash.to_string())?;
-                } else {
-                    w(
-                        &mut out,
-                        format!("added {hash} {}", ev["Name"].as_str().unwrap_or("")),
-                    )?;
-                }
-            }
-            Ok(())
+            add(cli, out, file, &q, *quiet).await
         }
         Cmd::Cat {
             cid,
             offset,
             length,
-        } => {
-            let mut q = vec![("arg", cid.clone())];
-            if let Some(o) = offset {
-                q.push(("offset", o.to_string()));
-            }
-            if let Some(l) = length {
-                q.push(("length", l.to_string()));
-            }
-            let resp = rpc(cli, "cat", &q).await?;
-            let size: Option<u64> = resp
-                .headers()
-                .get("x-content-length")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.parse().ok());
-            let mut body = resp.bytes_stream();
-            let mut got = 0u64;
-            while let Some(chunk) = body.next().await {
-                let chunk = chunk.map_err(|e| {
-                    Failure::new(
-                        exit::FAILED,
-                        format!("transfer failed after {got} bytes: {e}"),
-                    )
-                })?;
-                got += chunk.len() as u64;
-                out.write_all(&chunk)
-                    .map_err(|e| Failure::new(exit::FAILED, format!("stdout: {e}")))?;
-            }
-            // reqwest does not expose trailers: check the length instead of X-Stream-Error.
-            if let Some(size) = size {
-                let want = size
-                    .saturating_sub(offset.unwrap_or(0))
-                    .min(length.unwrap_or(u64::MAX));
-                if got != want {
-                    return Err(Failure::new(
-                        exit::FAILED,
-                        format!("transfer incomplete: got {got} of {want} bytes"),
-                    ));
-                }
-            }
-            out.flush()
-                .map_err(|e| Failure::new(exit::FAILED, format!("stdout: {e}")))
-        }
+        } => cat(cli, out, cid, *offset, *length).await,
         Cmd::Pin { cmd } => match cmd {
             PinCmd::Add {
                 cid,
                 replication_min,
                 replication_max,
                 name,
-            } => {
-                let mut q = vec![];
-                if let Some(v) = replication_min {
-                    q.push(("replication-min", v.to_string()));
-                }
-                if let Some(v) = replication_max {
-                    q.push(("replication-max", v.to_string()));
-                }
-                if let Some(n) = name {
-                    q.push(("name", n.clone()));
-                }
-                let p =
-                    json(cluster(cli, reqwest::Method::POST, &format!("/pins/{cid}"), &q).await?)
-                        .await?;
-                w(
-                    &mut out,
-                    format!(
-                        "pinned {} on {}",
-                        p["cid"].as_str().unwrap_or(""),
-                        allocations(&p)
-                    ),
-                )
-            }
+            } => pin_add(cli, out, cid, *replication_min, *replication_max, name).await,
             PinCmd::Rm { cid } => {
                 let p = json(
                     cluster(cli, reqwest::Method::DELETE, &format!("/pins/{cid}"), &[]).await?,
                 )
                 .await?;
-                w(
-                    &mut out,
-                    format!("unpinned {}", p["cid"].as_str().unwrap_or("")),
-                )
+                line(out, format!("unpinned {}", p["cid"].as_str().unwrap_or("")))
             }
-            PinCmd::Ls => {
-                let resp = cluster(cli, reqwest::Method::GET, "/allocations", &[]).await?;
-                for p in ndjson(resp).await? {
-                    w(
-                        &mut out,
-                        format!(
-                            "{} | {} | replication {}..{} | {}",
-                            p["cid"].as_str().unwrap_or(""),
-                            p["name"].as_str().unwrap_or(""),
-                            p["replication_factor_min"],
-                            p["replication_factor_max"],
-                            allocations(&p)
-                        ),
-                    )?;
-                }
-                Ok(())
-            }
+            PinCmd::Ls => pin_ls(cli, out).await,
         },
-        Cmd::Status { cid: None, format } => {
-            crate::block_client::status(cli, format, &mut out).await
-        }
+        Cmd::Status { cid: None, format } => crate::block_client::status(cli, format, out).await,
         Cmd::Status {
             cid: Some(cid),
             format,
@@ -302,9 +171,9 @@ pub async fn run(cli: &Cli) -> R<()> {
             let g = json(cluster(cli, reqwest::Method::GET, &format!("/pins/{cid}"), &[]).await?)
                 .await?;
             if format == "json" {
-                return w(&mut out, pretty(&g));
+                return line(out, pretty(&g));
             }
-            print_status(&mut out, &g)
+            print_status(out, &g)
         }
         Cmd::Recover { cid } => {
             let g = json(
@@ -317,18 +186,183 @@ pub async fn run(cli: &Cli) -> R<()> {
                 .await?,
             )
             .await?;
-            print_status(&mut out, &g)
+            print_status(out, &g)
         }
         Cmd::Pool { .. }
         | Cmd::Image { .. }
         | Cmd::Health { .. }
         | Cmd::Osd { .. }
         | Cmd::Df { .. }
-        | Cmd::Scrub { .. } => crate::block_client::run(cli, &mut out).await,
+        | Cmd::Scrub { .. } => crate::block_client::run(cli, out).await,
         Cmd::Init { .. } | Cmd::Keygen | Cmd::Daemon { .. } | Cmd::Check { .. } => {
             unreachable!("handled by main")
         }
     }
+}
+
+/// `peers ls`: one line per cluster peer, up or down with its error.
+async fn peers_ls(cli: &Cli, out: &mut Out<'_>) -> R<()> {
+    let resp = cluster(cli, reqwest::Method::GET, "/peers", &[]).await?;
+    for p in ndjson(resp).await? {
+        let err = p["error"].as_str().unwrap_or("");
+        let state = if err.is_empty() {
+            "up".to_string()
+        } else {
+            format!("DOWN: {err}")
+        };
+        line(
+            out,
+            format!(
+                "{} | {} | {}",
+                p["id"].as_str().unwrap_or(""),
+                p["peername"].as_str().unwrap_or(""),
+                state
+            ),
+        )?;
+    }
+    Ok(())
+}
+
+/// `add`: streams the file to the Kubo RPC `add` with the query `q`; prints what was added.
+async fn add(
+    cli: &Cli,
+    out: &mut Out<'_>,
+    file: &std::path::Path,
+    q: &[(&str, String)],
+    quiet: bool,
+) -> R<()> {
+    let f = tokio::fs::File::open(file)
+        .await
+        .map_err(|e| Failure::new(exit::FAILED, format!("cannot open {}: {e}", file.display())))?;
+    let len = f.metadata().await.map(|m| m.len()).unwrap_or(0);
+    let name = file
+        .file_name()
+        .map(|n| n.to_string_lossy().to_string())
+        .unwrap_or_default();
+    let part = reqwest::multipart::Part::stream_with_length(reqwest::Body::from(f), len)
+        .file_name(name)
+        .mime_str("application/octet-stream")
+        .expect("mime");
+    let form = reqwest::multipart::Form::new().part("file", part);
+    let url = format!("http://{}/api/v0/add", cli.api);
+    let resp = http()
+        .post(url)
+        .query(q)
+        .multipart(form)
+        .send()
+        .await
+        .map_err(|e| unreachable(&cli.api, e))?;
+    for ev in ndjson(check(resp).await?).await? {
+        let hash = ev["Hash"].as_str().unwrap_or("");
+        if quiet {
+            line(out, hash.to_string())?;
+        } else {
+            line(
+                out,
+                format!("added {hash} {}", ev["Name"].as_str().unwrap_or("")),
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// `cat`: copies the content to stdout and checks that all of it arrived.
+async fn cat(
+    cli: &Cli,
+    out: &mut Out<'_>,
+    cid: &str,
+    offset: Option<u64>,
+    length: Option<u64>,
+) -> R<()> {
+    let mut q = vec![("arg", cid.to_string())];
+    if let Some(o) = offset {
+        q.push(("offset", o.to_string()));
+    }
+    if let Some(l) = length {
+        q.push(("length", l.to_string()));
+    }
+    let resp = rpc(cli, "cat", &q).await?;
+    let size: Option<u64> = resp
+        .headers()
+        .get("x-content-length")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
+    let mut body = resp.bytes_stream();
+    let mut got = 0u64;
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(|e| {
+            Failure::new(
+                exit::FAILED,
+                format!("transfer failed after {got} bytes: {e}"),
+            )
+        })?;
+        got += chunk.len() as u64;
+        out.write_all(&chunk)
+            .map_err(|e| Failure::new(exit::FAILED, format!("stdout: {e}")))?;
+    }
+    // reqwest does not expose trailers: check the length instead of X-Stream-Error.
+    if let Some(size) = size {
+        let want = size
+            .saturating_sub(offset.unwrap_or(0))
+            .min(length.unwrap_or(u64::MAX));
+        if got != want {
+            return Err(Failure::new(
+                exit::FAILED,
+                format!("transfer incomplete: got {got} of {want} bytes"),
+            ));
+        }
+    }
+    out.flush()
+        .map_err(|e| Failure::new(exit::FAILED, format!("stdout: {e}")))
+}
+
+/// `pin add`: pins a CID in the cluster and prints where it is allocated.
+async fn pin_add(
+    cli: &Cli,
+    out: &mut Out<'_>,
+    cid: &str,
+    replication_min: Option<i32>,
+    replication_max: Option<i32>,
+    name: &Option<String>,
+) -> R<()> {
+    let mut q = vec![];
+    if let Some(v) = replication_min {
+        q.push(("replication-min", v.to_string()));
+    }
+    if let Some(v) = replication_max {
+        q.push(("replication-max", v.to_string()));
+    }
+    if let Some(n) = name {
+        q.push(("name", n.clone()));
+    }
+    let p = json(cluster(cli, reqwest::Method::POST, &format!("/pins/{cid}"), &q).await?).await?;
+    line(
+        out,
+        format!(
+            "pinned {} on {}",
+            p["cid"].as_str().unwrap_or(""),
+            allocations(&p)
+        ),
+    )
+}
+
+/// `pin ls`: one line per pin with its replication factors and allocations.
+async fn pin_ls(cli: &Cli, out: &mut Out<'_>) -> R<()> {
+    let resp = cluster(cli, reqwest::Method::GET, "/allocations", &[]).await?;
+    for p in ndjson(resp).await? {
+        line(
+            out,
+            format!(
+                "{} | {} | replication {}..{} | {}",
+                p["cid"].as_str().unwrap_or(""),
+                p["name"].as_str().unwrap_or(""),
+                p["replication_factor_min"],
+                p["replication_factor_max"],
+                allocations(&p)
+            ),
+        )?;
+    }
+    Ok(())
 }
 
 fn allocations(p: &Value) -> String {

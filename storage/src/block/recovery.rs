@@ -12,6 +12,7 @@
 //! Why a full listing rather than Ceph's PG logs: the lists are small (one line per 4 MiB object),
 //! the scheme has no state to lose in a crash, and it converges from any starting point.
 
+use super::meta::MetaView;
 use super::service::{BlockService, ClusterMap};
 use super::wire::{OpReq, OpResp};
 use super::ObjectKey;
@@ -182,48 +183,9 @@ async fn round(svc: &Arc<BlockService>) -> Result<(), String> {
     let map = svc.map();
     let meta = svc.meta();
     let invs = inventories(svc, &map).await;
-    let mut objects: BTreeMap<ObjectKey, Holders> = BTreeMap::new();
-    let mut used: HashMap<(ObjectKey, String), u64> = HashMap::new();
-    for (id, inv) in &invs {
-        for (k, v, u) in &inv.objects {
-            objects.entry(k.clone()).or_default().insert(id.clone(), *v);
-            used.insert((k.clone(), id.clone()), *u);
-        }
-    }
-    let mut report = ScanReport {
-        at_ms: crate::pinset::now_millis(),
-        usage: invs
-            .iter()
-            .map(|(k, v)| (k.clone(), v.usage.clone()))
-            .collect(),
-        ..Default::default()
-    };
-    {
-        let old = svc.scan.read().expect("scan lock");
-        report.scrub_errors = old.scrub_errors;
-        report.last_scrub_ms = old.last_scrub_ms;
-    }
-    // Placement-group availability does not depend on objects existing.
-    for pool in meta.pools() {
-        let ps = report.pools.entry(pool.name.clone()).or_default();
-        ps.pgs = pool.pg_num;
-        for pg in 0..pool.pg_num {
-            let acting = super::placement::place(
-                pool.id,
-                pg,
-                pool.size as usize,
-                pool.failure_domain,
-                &map.osds_in,
-            );
-            let up = acting.iter().filter(|r| map.up.contains(*r)).count() as u32;
-            if up < pool.size {
-                ps.pgs_undersized += 1;
-            }
-            if up < pool.min_size {
-                ps.pgs_inactive += 1;
-            }
-        }
-    }
+    let (objects, used) = holders_by_object(&invs);
+    let mut report = new_report(svc, &invs);
+    count_placement_groups(&meta, &map, &mut report);
     let mut work: Vec<(ObjectKey, String, u64, Vec<String>)> = Vec::new();
     let mut strays: Vec<(ObjectKey, String)> = Vec::new();
     // The inventories are taken at slightly different moments, so under writes a replica often
@@ -311,11 +273,80 @@ async fn round(svc: &Arc<BlockService>) -> Result<(), String> {
     *svc.behind.lock().expect("behind lock") = behind_now;
     report.recovering = work.len() as u64;
     *svc.scan.write().expect("scan lock") = report;
-    // Copy at most `recovery_max_active` objects at once.
+    recover_objects(svc, &map, work).await;
+    remove_strays(svc, &map, strays).await;
+    Ok(())
+}
+
+/// Which node holds which version of every object, and the bytes each copy uses.
+#[allow(clippy::type_complexity)]
+fn holders_by_object(
+    invs: &HashMap<String, Inventory>,
+) -> (
+    BTreeMap<ObjectKey, Holders>,
+    HashMap<(ObjectKey, String), u64>,
+) {
+    let mut objects: BTreeMap<ObjectKey, Holders> = BTreeMap::new();
+    let mut used: HashMap<(ObjectKey, String), u64> = HashMap::new();
+    for (id, inv) in invs {
+        for (k, v, u) in &inv.objects {
+            objects.entry(k.clone()).or_default().insert(id.clone(), *v);
+            used.insert((k.clone(), id.clone()), *u);
+        }
+    }
+    (objects, used)
+}
+
+/// A fresh report with the nodes' usage; scrub results carry over from the previous one.
+fn new_report(svc: &BlockService, invs: &HashMap<String, Inventory>) -> ScanReport {
+    let mut report = ScanReport {
+        at_ms: crate::pinset::now_millis(),
+        usage: invs
+            .iter()
+            .map(|(k, v)| (k.clone(), v.usage.clone()))
+            .collect(),
+        ..Default::default()
+    };
+    let old = svc.scan.read().expect("scan lock");
+    report.scrub_errors = old.scrub_errors;
+    report.last_scrub_ms = old.last_scrub_ms;
+    report
+}
+
+/// Placement-group availability per pool (it does not depend on objects existing).
+fn count_placement_groups(meta: &MetaView, map: &ClusterMap, report: &mut ScanReport) {
+    for pool in meta.pools() {
+        let ps = report.pools.entry(pool.name.clone()).or_default();
+        ps.pgs = pool.pg_num;
+        for pg in 0..pool.pg_num {
+            let acting = super::placement::place(
+                pool.id,
+                pg,
+                pool.size as usize,
+                pool.failure_domain,
+                &map.osds_in,
+            );
+            let up = acting.iter().filter(|r| map.up.contains(*r)).count() as u32;
+            if up < pool.size {
+                ps.pgs_undersized += 1;
+            }
+            if up < pool.min_size {
+                ps.pgs_inactive += 1;
+            }
+        }
+    }
+}
+
+/// Copies each `(object, target, version, sources)` of `work`, at most `recovery_max_active`
+/// objects at once.
+async fn recover_objects(
+    svc: &Arc<BlockService>,
+    map: &ClusterMap,
+    work: Vec<(ObjectKey, String, u64, Vec<String>)>,
+) {
     let sem = Arc::new(tokio::sync::Semaphore::new(svc.cfg.recovery_max_active));
     let jobs = work.into_iter().map(|(key, target, version, sources)| {
         let sem = sem.clone();
-        let map = &map;
         async move {
             let _p = sem.acquire().await;
             match copy(svc, map, &key, &target, version, &sources).await {
@@ -331,9 +362,13 @@ async fn round(svc: &Arc<BlockService>) -> Result<(), String> {
         }
     });
     futures::future::join_all(jobs).await;
+}
+
+/// Removes copies outside complete acting sets.
+async fn remove_strays(svc: &BlockService, map: &ClusterMap, strays: Vec<(ObjectKey, String)>) {
     for (key, h) in strays {
         match svc
-            .op(&map, &h, OpReq::Remove { key: key.clone() }, Bytes::new())
+            .op(map, &h, OpReq::Remove { key: key.clone() }, Bytes::new())
             .await
         {
             Ok((OpResp::Removed, _)) => {
@@ -344,7 +379,6 @@ async fn round(svc: &Arc<BlockService>) -> Result<(), String> {
             }
         }
     }
-    Ok(())
 }
 
 /// Copies the object at `version` (or newer) from one of `sources` to `target`; returns bytes moved.
