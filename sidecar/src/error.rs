@@ -11,6 +11,25 @@ use std::time::Duration;
 pub const H_ERROR: &str = "x-bulwark-error";
 pub const H_CIRCUIT: &str = "x-bulwark-circuit";
 
+/// An answer that must not be sent: the listener drops the connection instead (HTTP/1.1: the
+/// socket closes without an answer, the client sees "connection closed before message completed",
+/// curl 52; HTTP/2: the stream is reset). A policy marks its (placeholder) response with it in the
+/// extensions — today the `reset` fault. A listener that does not honour it sends the placeholder,
+/// which is still a failure (the fault's is a 502 with `x-bulwark-fault`).
+#[derive(Clone, Debug, thiserror::Error)]
+#[error("connection dropped: {reason}")]
+pub struct DropConnection {
+    /// Why, for logs (the fault id for an injected reset).
+    pub reason: std::sync::Arc<str>,
+}
+
+impl DropConnection {
+    /// The marker on `resp`, if it has one.
+    pub fn of(resp: &Response) -> Option<Self> {
+        resp.extensions().get::<DropConnection>().cloned()
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TimeoutKind {
     Connect,

@@ -147,8 +147,10 @@ pub async fn serve(
                 let fut = handle(rt.load_full(), shared.clone(), remote, req, slot.clone());
                 async move {
                     let resp = fut.await;
-                    // An injected `reset` fault: drop the connection without an answer.
-                    (!crate::policy::fault::is_reset(&resp)).then_some(resp)
+                    // A policy asked for the connection to be dropped without an answer.
+                    crate::error::DropConnection::of(&resp)
+                        .is_none()
+                        .then_some(resp)
                 }
             })
             .await;
@@ -179,7 +181,7 @@ async fn serve_h2(
             let fut = handle(rt.load_full(), shared.clone(), remote, req, slot.clone());
             async move {
                 let resp = fut.await;
-                match crate::policy::fault::ConnectionReset::of(&resp) {
+                match crate::error::DropConnection::of(&resp) {
                     Some(e) => Err(e),
                     None => Ok(resp),
                 }

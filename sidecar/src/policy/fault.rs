@@ -30,7 +30,7 @@
 //!   `{"type": "delay", "dist": "uniform", "min_ms": 100, "max_ms": 500}`,
 //!   `{"type": "delay", "dist": "normal", "mean_ms": 200, "stddev_ms": 50}` (clamped to
 //!   0..=[`MAX_DELAY_MS`]): waits, then forwards;
-//! - `{"type": "reset"}`: the connection is dropped without an answer (see [`InjectedReset`]);
+//! - `{"type": "reset"}`: the connection is dropped without an answer (see [`crate::error::DropConnection`]);
 //! - `{"type": "blackhole"}`: never answers while the fault lives; when it expires or is deleted the
 //!   held requests get a `504` (a caller with a shorter timeout has given up long before);
 //! - `{"type": "corrupt", "bytes": 4}`: forwards, then flips (XOR 0xff) that many bytes of the
@@ -573,37 +573,6 @@ impl FaultError {
     }
 }
 
-/// The marker of an injected connection reset, found in the extensions of the (placeholder)
-/// response that [`FaultService`] returns for a `reset` fault.
-///
-/// The edge must not send that response: it checks [`is_reset`] and returns an error from the
-/// hyper service instead, which makes hyper drop the connection without an answer (HTTP/1.1: the
-/// socket is closed, the client sees "connection closed before message completed" / curl 52;
-/// HTTP/2: the stream is reset). If the edge does not map it, the client gets the placeholder:
-/// `502` with `x-bulwark-fault`, which is still a failure.
-#[derive(Clone, Debug)]
-pub struct InjectedReset {
-    pub fault_id: Arc<str>,
-}
-
-/// Whether `resp` stands for an injected connection reset (see [`InjectedReset`]).
-pub fn is_reset(resp: &Response) -> bool {
-    resp.extensions().get::<InjectedReset>().is_some()
-}
-
-/// The error a hyper service returns to drop the connection for an [`InjectedReset`].
-#[derive(Debug, thiserror::Error)]
-#[error("connection reset by injected fault {0}")]
-pub struct ConnectionReset(pub Arc<str>);
-
-impl ConnectionReset {
-    pub fn of(resp: &Response) -> Option<Self> {
-        resp.extensions()
-            .get::<InjectedReset>()
-            .map(|r| Self(r.fault_id.clone()))
-    }
-}
-
 /// The error a truncated body ends with.
 #[derive(Debug, thiserror::Error)]
 #[error("response truncated after {0} bytes by injected fault {1}")]
@@ -1040,7 +1009,8 @@ where
             }
             FaultKind::Reset => {
                 let mut r = synthetic(StatusCode::BAD_GATEWAY, &id);
-                r.extensions_mut().insert(InjectedReset { fault_id: id });
+                r.extensions_mut()
+                    .insert(crate::error::DropConnection { reason: id });
                 Box::pin(futures::future::ready(Ok(r)))
             }
             FaultKind::Blackhole => {
@@ -1304,6 +1274,7 @@ fn chunk_len(bps: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::DropConnection;
     use tower::{Layer, Service, ServiceExt};
 
     fn service<F, Fut>(f: F) -> tower::util::ServiceFn<F>
@@ -1766,16 +1737,16 @@ mod tests {
         );
         let mut svc = FaultLayer::new(reg, 1).layer(ok_upstream());
         let r = send(&mut svc, req("GET", "/")).await.expect("ok");
-        assert!(is_reset(&r));
+        assert!(DropConnection::of(&r).is_some());
         assert_eq!(
             r.status(),
             502,
             "the placeholder, if the edge does not map it"
         );
-        let e = ConnectionReset::of(&r).expect("reset");
-        assert_eq!(&*e.0, "r");
+        let e = DropConnection::of(&r).expect("reset");
+        assert_eq!(&*e.reason, "r");
         let r = http::Response::new(crate::empty());
-        assert!(!is_reset(&r) && ConnectionReset::of(&r).is_none());
+        assert!(DropConnection::of(&r).is_none());
     }
 
     #[tokio::test(start_paused = true)]
@@ -2020,8 +1991,8 @@ mod tests {
         assert_eq!(handle_list(&reg), serde_json::json!({"faults": []}));
     }
 
-    /// The contract with the edge: a hyper service that returns [`ConnectionReset`] for a response
-    /// marked [`InjectedReset`] makes hyper close the connection without writing an answer.
+    /// The contract with the edge: a hyper service that returns an error for a response
+    /// marked [`DropConnection`] makes hyper close the connection without writing an answer.
     #[tokio::test]
     async fn reset_mapped_by_the_edge_closes_the_connection() {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -2052,7 +2023,7 @@ mod tests {
                                     Err(e) => Err(e),
                                 };
                                 let resp = resp.unwrap_or_else(|e| e.into_response());
-                                match ConnectionReset::of(&resp) {
+                                match DropConnection::of(&resp) {
                                     Some(reset) => Err(reset),
                                     None => Ok(resp),
                                 }
