@@ -11,6 +11,8 @@ use crate::probe::{http_call, run_command, run_probe, truncate};
 use crate::prom::Sampler;
 use rand::rngs::StdRng;
 use serde_json::{json, Value};
+use sidecar::admin::api::{validate_toxic_create, FaultSpec, OutageSpec};
+use sidecar::admin::client::{AdminClient, ClientError, ToxiproxyClient};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
@@ -31,8 +33,7 @@ pub fn check_fault(spec: &Value) -> Result<(), String> {
     let mut full = spec.clone();
     full["id"] = json!("chaos-validate");
     full["ttl"] = json!(60_000);
-    let parsed: sidecar::policy::fault::FaultSpec =
-        serde_json::from_value(full).map_err(|e| e.to_string())?;
+    let parsed: FaultSpec = serde_json::from_value(full).map_err(|e| e.to_string())?;
     parsed.validate()
 }
 
@@ -41,9 +42,30 @@ pub fn check_toxic(toxic: &Value) -> Result<(), String> {
     if toxic.get("ttl_ms").is_some() {
         return Err("`ttl_ms` is set by chaos from runtime.max_duration".into());
     }
-    sidecar::toxiproxy::toxics::Toxic::from_create(toxic, 0)
-        .map(|_| ())
-        .map_err(|e| e.msg)
+    validate_toxic_create(toxic)
+}
+
+/// An admin call's failure as `chaos` reports it: a refused call shows the status and (the start
+/// of) the server's answer as sent.
+fn call_error(e: ClientError) -> String {
+    match e {
+        ClientError::Status {
+            method,
+            url,
+            status,
+            body,
+            ..
+        } => format!("{method} {url}: {status} {}", truncate(body.trim(), 300)),
+        other => other.to_string(),
+    }
+}
+
+/// A removal that finds the thing already gone (expired by its TTL) has done its job.
+fn gone_is_done(r: Result<(), ClientError>) -> Result<(), String> {
+    match r {
+        Err(e) if e.is_not_found() => Ok(()),
+        r => r.map_err(call_error),
+    }
 }
 
 /// One thing the run has put into the cluster and must take out again.
@@ -315,31 +337,26 @@ impl Ctx {
         (done, errors)
     }
 
-    async fn delete(&self, url: &str) -> Result<(), String> {
-        let r = self
-            .http
-            .delete(url)
-            .timeout(Duration::from_secs(5))
-            .send()
-            .await
-            .map_err(|e| format!("DELETE {url}: {e}"))?;
-        match r.status().as_u16() {
-            200..=299 | 404 => Ok(()),
-            s => Err(format!(
-                "DELETE {url}: {s} {}",
-                truncate(&r.text().await.unwrap_or_default(), 300)
-            )),
-        }
+    /// The admin API of a sidecar (`base` from the experiment's hosts), on the run's HTTP client.
+    fn admin(&self, base: &str) -> AdminClient {
+        AdminClient::with_http(base, self.http.clone())
+    }
+
+    fn toxiproxy(&self, base: &str) -> ToxiproxyClient {
+        ToxiproxyClient::with_http(base, self.http.clone())
     }
 
     async fn remove(&self, what: Injected) -> Result<(), String> {
         match what {
-            Injected::Fault { admin, id } => self.delete(&format!("{admin}/faults/{id}")).await,
-            Injected::Toxic { api, proxy, name } => {
-                self.delete(&format!("{api}/proxies/{proxy}/toxics/{name}"))
-                    .await
+            Injected::Fault { admin, id } => {
+                gone_is_done(self.admin(&admin).delete_fault(&id).await)
             }
-            Injected::Outage { admin, id } => self.delete(&format!("{admin}/outages/{id}")).await,
+            Injected::Toxic { api, proxy, name } => {
+                gone_is_done(self.toxiproxy(&api).delete_toxic(&proxy, &name).await)
+            }
+            Injected::Outage { admin, id } => {
+                gone_is_done(self.admin(&admin).delete_outage(&id).await)
+            }
             Injected::Stopped { pid, watchdog } => {
                 let r = if proc_state(pid) == ProcState::Gone {
                     Ok(())
@@ -358,26 +375,6 @@ impl Ctx {
         }
     }
 
-    async fn post(&self, url: &str, body: &Value) -> Result<Value, (Option<u16>, String)> {
-        let r = self
-            .http
-            .post(url)
-            .json(body)
-            .timeout(Duration::from_secs(5))
-            .send()
-            .await
-            .map_err(|e| (None, format!("POST {url}: {e}")))?;
-        let status = r.status().as_u16();
-        let text = r.text().await.unwrap_or_default();
-        if !(200..300).contains(&status) {
-            return Err((
-                Some(status),
-                format!("POST {url}: {status} {}", truncate(text.trim(), 300)),
-            ));
-        }
-        Ok(serde_json::from_str(&text).unwrap_or(Value::String(text)))
-    }
-
     async fn inject_fault(
         &self,
         host: &str,
@@ -391,9 +388,12 @@ impl Ctx {
         let mut body = spec.clone();
         body["id"] = json!(id);
         body["ttl"] = json!(ttl.as_millis() as u64);
-        self.post(&format!("{admin}/faults"), &body)
+        let spec: FaultSpec =
+            serde_json::from_value(body).map_err(|e| format!("fault spec: {e}"))?;
+        self.admin(&admin)
+            .add_fault(&spec)
             .await
-            .map_err(|(_, e)| e)?;
+            .map_err(call_error)?;
         keys.push(self.record(
             Injected::Fault {
                 admin,
@@ -447,10 +447,7 @@ impl Ctx {
                     }
                     let name = body["name"].as_str().unwrap_or_default().to_string();
                     body["ttl_ms"] = json!(ttl.as_millis() as u64);
-                    match self
-                        .post(&format!("{api}/proxies/{proxy}/toxics"), &body)
-                        .await
-                    {
+                    match self.toxiproxy(&api).create_toxic(proxy, &body).await {
                         Ok(_) => {
                             keys.push(self.record(
                                 Injected::Toxic {
@@ -462,7 +459,7 @@ impl Ctx {
                             ));
                             out.push(json!({"host": h, "proxy": proxy, "toxic": name, "ttl_ms": ttl.as_millis() as u64}));
                         }
-                        Err((_, e)) => return Outcome::failed(json!(out), e, keys),
+                        Err(e) => return Outcome::failed(json!(out), call_error(e), keys),
                     }
                 }
                 Outcome::ok(json!({"injected": out}), keys)
@@ -477,16 +474,16 @@ impl Ctx {
                 let mut out = Vec::new();
                 for h in self.pick(targets) {
                     let admin = self.host(&h).admin.clone().unwrap_or_default();
-                    let body = json!({
-                        "duration": humantime::format_duration(d).to_string(),
-                        "drain": humantime::format_duration(*drain).to_string(),
-                        "reason": format!("chaos: {reason} ({})", self.run_id),
-                    });
-                    match self.post(&format!("{admin}/outages"), &body).await {
-                        Ok(v) => {
-                            let id = v["id"].as_str().map(str::to_string).unwrap_or_else(|| {
-                                v["id"].as_u64().map(|n| n.to_string()).unwrap_or_default()
-                            });
+                    let spec = OutageSpec {
+                        duration: d,
+                        drain: Some(*drain),
+                        reason: format!("chaos: {reason} ({})", self.run_id),
+                        ..Default::default()
+                    };
+                    match self.admin(&admin).add_outage(&spec).await {
+                        Ok(o) => {
+                            let id = o.outage.id.clone();
+                            let v = serde_json::to_value(&o).unwrap_or(Value::Null);
                             keys.push(self.record(
                                 Injected::Outage {
                                     admin,
@@ -496,7 +493,7 @@ impl Ctx {
                             ));
                             out.push(json!({"host": h, "outage": v}));
                         }
-                        Err((Some(404), _)) => {
+                        Err(e) if e.is_not_found() => {
                             return Outcome::failed(
                                 json!(out),
                                 format!(
@@ -505,7 +502,7 @@ impl Ctx {
                                 keys,
                             )
                         }
-                        Err((_, e)) => return Outcome::failed(json!(out), e, keys),
+                        Err(e) => return Outcome::failed(json!(out), call_error(e), keys),
                     }
                 }
                 Outcome::ok(json!({"outages": out}), keys)

@@ -5,6 +5,7 @@
 use crate::model::{rfc3339, Experiment};
 use serde::Serialize;
 use serde_json::Value;
+use sidecar::admin::client::{AdminClient, ClientError};
 use std::time::{Duration, SystemTime};
 
 #[derive(Debug, Serialize)]
@@ -32,23 +33,29 @@ pub struct Listing {
     pub experiments: Vec<ExperimentListing>,
 }
 
-async fn get_json(http: &reqwest::Client, url: &str) -> Result<Option<Value>, String> {
-    let r = http
-        .get(url)
-        .timeout(Duration::from_secs(3))
-        .send()
-        .await
-        .map_err(|e| format!("GET {url}: {e}"))?;
-    if r.status() == 404 {
-        return Ok(None);
+/// A listing call's answer as JSON (the listing shows the sidecar's JSON as it is); `None` when
+/// the sidecar does not have the endpoint (404).
+fn found<T: Serialize>(r: Result<T, ClientError>) -> Result<Option<T>, String> {
+    match r {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if e.is_not_found() => Ok(None),
+        Err(ClientError::Status {
+            method,
+            url,
+            status,
+            ..
+        }) => Err(match reqwest::StatusCode::from_u16(status) {
+            Ok(s) => format!("{method} {url}: {s}"),
+            Err(_) => format!("{method} {url}: {status}"),
+        }),
+        Err(e) => Err(e.to_string()),
     }
-    if !r.status().is_success() {
-        return Err(format!("GET {url}: {}", r.status()));
-    }
-    r.json()
-        .await
-        .map(Some)
-        .map_err(|e| format!("GET {url}: {e}"))
+}
+
+fn to_values<T: Serialize>(v: Vec<T>) -> Vec<Value> {
+    v.iter()
+        .map(|x| serde_json::to_value(x).unwrap_or(Value::Null))
+        .collect()
 }
 
 pub async fn collect(admins: &[String], experiments: &[Experiment]) -> Listing {
@@ -59,32 +66,24 @@ pub async fn collect(admins: &[String], experiments: &[Experiment]) -> Listing {
     let mut sidecars = Vec::new();
     for admin in admins {
         let admin = admin.trim_end_matches('/').to_string();
+        let client = AdminClient::with_http(&admin, http.clone()).timeout(Duration::from_secs(3));
         let mut l = SidecarListing {
             admin: admin.clone(),
             outages: None,
             chaos_faults: Vec::new(),
             error: None,
         };
-        match get_json(&http, &format!("{admin}/outages")).await {
-            Ok(Some(Value::Array(a))) => l.outages = Some(a),
-            Ok(Some(other)) => l.error = Some(format!("/outages answered {other}, not a list")),
-            Ok(None) => {}
+        match found(client.list_outages().await) {
+            Ok(o) => l.outages = o.map(to_values),
             Err(e) => l.error = Some(e),
         }
         if l.error.is_none() {
-            match get_json(&http, &format!("{admin}/faults")).await {
-                Ok(Some(v)) => {
-                    l.chaos_faults = v["faults"]
-                        .as_array()
-                        .map(|a| {
-                            a.iter()
-                                .filter(|f| {
-                                    f["id"].as_str().is_some_and(|i| i.starts_with("chaos-"))
-                                })
-                                .cloned()
-                                .collect()
-                        })
-                        .unwrap_or_default();
+            match found(client.list_faults().await) {
+                Ok(Some(faults)) => {
+                    let ours = faults
+                        .into_iter()
+                        .filter(|f| f.spec.id.starts_with("chaos-"));
+                    l.chaos_faults = to_values(ours.collect());
                 }
                 Ok(None) => {}
                 Err(e) => l.error = Some(e),

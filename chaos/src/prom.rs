@@ -10,6 +10,7 @@
 
 use crate::model::{MetricQuery, Stat};
 use serde::Serialize;
+use sidecar::admin::client::AdminClient;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
@@ -268,14 +269,8 @@ impl Sampler {
         let t = self.start.elapsed().as_secs_f64();
         let timeout = self.interval.min(Duration::from_secs(2));
         let futs = self.hosts.iter().map(|(name, admin)| {
-            let req = http.get(format!("{admin}/metrics")).timeout(timeout).send();
-            async move {
-                let text = match req.await {
-                    Ok(r) if r.status().is_success() => r.text().await.ok(),
-                    _ => None,
-                };
-                (name.clone(), text)
-            }
+            let client = AdminClient::with_http(admin, http.clone()).timeout(timeout);
+            async move { (name.clone(), client.metrics().await.ok()) }
         });
         let results = futures::future::join_all(futs).await;
         let mut hist = self.history.lock().unwrap_or_else(PoisonError::into_inner);
