@@ -30,7 +30,6 @@
 //! - `mode = "dry_run"`: entries are still created (and alert), but matching requests are counted,
 //!   logged and forwarded to the node instead of refused.
 
-pub mod admin;
 pub mod blacklist;
 mod config;
 mod filter;

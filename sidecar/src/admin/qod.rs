@@ -11,18 +11,34 @@
 //! | `POST /qod/blacklist/sync` | peers push entries here (a JSON array) |
 //! | `GET /qod/known` / `DELETE /qod/known` | count / forget the known signatures (re-probe all) |
 
-use super::blacklist::{now_ms, Entry};
-use super::{signature, QodMode, QodState};
+use super::error::AdminError;
+use super::reply::{body, json_with, no_content, Reply};
+use crate::policy::qod::blacklist::{now_ms, Entry};
+use crate::policy::qod::{signature, QodMode, QodState};
+use crate::server::SidecarState;
 use http::{Method, StatusCode};
+use hyper::body::Incoming;
 use serde::Deserialize;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// `(status, JSON body)`; `None` when the path is not a `/qod` path.
-pub type Answer = (StatusCode, serde_json::Value);
+/// `(status, JSON body)`.
+type Answer = (StatusCode, serde_json::Value);
 
-fn err(status: StatusCode, msg: impl Into<String>) -> Answer {
-    (status, serde_json::json!({ "error": msg.into() }))
+pub async fn handle(state: &SidecarState, req: http::Request<Incoming>) -> Reply {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let query = req.uri().query().map(str::to_string);
+    let b = body(req).await?;
+    let rest = path.strip_prefix("/qod").unwrap_or_default();
+    match answer(&state.qod, &method, rest, query.as_deref(), &b)? {
+        (StatusCode::NO_CONTENT, _) => Ok(no_content()),
+        (status, v) => Ok(json_with(status, &v)),
+    }
+}
+
+fn err(status: StatusCode, msg: impl Into<String>) -> AdminError {
+    AdminError::new(status, msg)
 }
 
 #[derive(Deserialize)]
@@ -52,16 +68,15 @@ struct Edit {
 
 const MAX_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 
-pub fn handle(
+fn answer(
     st: &Arc<QodState>,
     method: &Method,
-    path: &str,
+    rest: &str,
     query: Option<&str>,
     body: &[u8],
-) -> Option<Answer> {
-    let rest = path.strip_prefix("/qod")?;
+) -> Result<Answer, AdminError> {
     let ok = |v: serde_json::Value| (StatusCode::OK, v);
-    Some(match (method, rest) {
+    Ok(match (method, rest) {
         (&Method::GET, "" | "/") => {
             let cfg = st.config();
             ok(serde_json::json!({
@@ -80,16 +95,16 @@ pub fn handle(
         (&Method::POST, "/blacklist") => {
             let a: Add = match serde_json::from_slice(body) {
                 Ok(a) => a,
-                Err(e) => return Some(err(StatusCode::BAD_REQUEST, format!("bad entry: {e}"))),
+                Err(e) => return Err(err(StatusCode::BAD_REQUEST, format!("bad entry: {e}"))),
             };
             if signature::parse_id(&a.id).is_none() {
-                return Some(err(
+                return Err(err(
                     StatusCode::BAD_REQUEST,
                     "id must be a fine signature: 16 hex digits (see x-bulwark-qod headers or logs)",
                 ));
             }
             if a.ttl.is_zero() || a.ttl > MAX_TTL {
-                return Some(err(StatusCode::BAD_REQUEST, "ttl must be within (0, 30d]"));
+                return Err(err(StatusCode::BAD_REQUEST, "ttl must be within (0, 30d]"));
             }
             let now = now_ms();
             let e = Entry {
@@ -116,7 +131,7 @@ pub fn handle(
                 .get(signature::parse_id(&e.id).unwrap_or(0))
                 .is_some()
             {
-                return Some(err(
+                return Err(err(
                     StatusCode::CONFLICT,
                     format!("entry {} exists; PATCH it instead", e.id),
                 ));
@@ -127,7 +142,7 @@ pub fn handle(
         (&Method::POST, "/blacklist/sync") => {
             let entries: Vec<Entry> = match serde_json::from_slice(body) {
                 Ok(v) => v,
-                Err(e) => return Some(err(StatusCode::BAD_REQUEST, format!("bad entries: {e}"))),
+                Err(e) => return Err(err(StatusCode::BAD_REQUEST, format!("bad entries: {e}"))),
             };
             let n = entries.len();
             for e in entries {
@@ -145,10 +160,10 @@ pub fn handle(
         (m, p) if p.starts_with("/blacklist/") => {
             let id = &p["/blacklist/".len()..];
             let Some(key) = signature::parse_id(id) else {
-                return Some(err(StatusCode::BAD_REQUEST, "id must be 16 hex digits"));
+                return Err(err(StatusCode::BAD_REQUEST, "id must be 16 hex digits"));
             };
             let Some(mut e) = st.blacklist.get(key) else {
-                return Some(err(
+                return Err(err(
                     StatusCode::NOT_FOUND,
                     format!("no blacklist entry {id}"),
                 ));
@@ -165,13 +180,13 @@ pub fn handle(
                     let ed: Edit = match serde_json::from_slice(body) {
                         Ok(v) => v,
                         Err(x) => {
-                            return Some(err(StatusCode::BAD_REQUEST, format!("bad edit: {x}")))
+                            return Err(err(StatusCode::BAD_REQUEST, format!("bad edit: {x}")))
                         }
                     };
                     let now = now_ms();
                     if let Some(t) = ed.ttl {
                         if t.is_zero() || t > MAX_TTL {
-                            return Some(err(
+                            return Err(err(
                                 StatusCode::BAD_REQUEST,
                                 "ttl must be within (0, 30d]",
                             ));
@@ -188,12 +203,14 @@ pub fn handle(
                     st.update_entry(e.clone());
                     ok(serde_json::to_value(e).expect("json"))
                 }
-                _ => err(StatusCode::METHOD_NOT_ALLOWED, "use GET, PATCH or DELETE"),
+                _ => return Err(AdminError::method_not_allowed("GET, PATCH or DELETE")),
             }
         }
-        _ => err(
-            StatusCode::NOT_FOUND,
-            "unknown qod path; try /qod /qod/blacklist /qod/blacklist/{id} /qod/known",
-        ),
+        _ => {
+            return Err(err(
+                StatusCode::NOT_FOUND,
+                "unknown qod path; try /qod /qod/blacklist /qod/blacklist/{id} /qod/known",
+            ))
+        }
     })
 }
