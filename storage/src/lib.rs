@@ -1,5 +1,6 @@
 //! Bulwark storage node: a replicated pin service modelled on a private IPFS network with IPFS
-//! Cluster. See docs/storage.md for the design and the decisions behind it.
+//! Cluster, and a replicated block service modelled on Ceph RBD ([`block`], exported over NBD).
+//! See docs/storage.md and docs/block.md for the design and the decisions behind them.
 #![forbid(unsafe_code)]
 
 pub mod api;

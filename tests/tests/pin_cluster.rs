@@ -866,14 +866,17 @@ async fn pins_of_a_peer_down_longer_than_repin_after_are_reallocated() {
 }
 
 /// An existing Kubo RPC client works unchanged. CI installs it (`.ci/run` sets BULWARK_KUBO_CLIENT_PY
-/// to a Python with `ipfshttpclient`); elsewhere the test says how to run it and passes vacuously
-/// only when that variable is absent.
+/// to a Python with `ipfshttpclient`), and under CI (`CI=true`) a missing client fails the test;
+/// elsewhere the test says how to run it and skips when that variable is absent.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_unmodified_kubo_rpc_client_works() {
     let Ok(py) = std::env::var("BULWARK_KUBO_CLIENT_PY") else {
-        eprintln!(
-            "skipped: set BULWARK_KUBO_CLIENT_PY to a python with ipfshttpclient==0.7.0 (CI does)"
+        let how = "set BULWARK_KUBO_CLIENT_PY to a python with ipfshttpclient==0.7.0";
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "CI=true but BULWARK_KUBO_CLIENT_PY is not set: the Kubo client test cannot run; {how} (.ci/run does)"
         );
+        eprintln!("skipped: {how} (CI does)");
         return;
     };
     let c = Cluster::start(1, &[]).await;
@@ -893,4 +896,60 @@ async fn an_unmodified_kubo_rpc_client_works() {
         stderr(&out)
     );
     assert!(stdout(&out).starts_with("ok"));
+}
+
+/// Cluster's `POST /add?stream-channels=false` answers every output in ONE JSON array (clients
+/// index `[0]`); without the flag, or with it true, the answer stays NDJSON (one object a line).
+#[tokio::test(flavor = "multi_thread")]
+async fn cluster_add_without_stream_channels_answers_one_json_array() {
+    let c = Cluster::start(1, &[]).await;
+    let n = &c.nodes[0];
+    let other = test_bytes(3000, 11);
+    let add = |query: &str| {
+        let form = reqwest::multipart::Form::new()
+            .part(
+                "file",
+                reqwest::multipart::Part::bytes(b"hello world\n".to_vec()).file_name("hw.txt"),
+            )
+            .part(
+                "file",
+                reqwest::multipart::Part::bytes(other.clone()).file_name("other.bin"),
+            );
+        http()
+            .post(n.cluster_url(&format!("/add{query}")))
+            .multipart(form)
+            .send()
+    };
+
+    let r = add("?stream-channels=false").await.unwrap();
+    assert_eq!(r.status(), 200);
+    let body = r.text().await.unwrap();
+    let v: Value = serde_json::from_str(&body)
+        .unwrap_or_else(|e| panic!("not one JSON document ({e}): {body}"));
+    let outputs = v
+        .as_array()
+        .unwrap_or_else(|| panic!("not a JSON array: {body}"));
+    assert_eq!(outputs.len(), 2, "{body}");
+    assert_eq!(outputs[0]["cid"], HELLO_CID, "{body}");
+    assert_eq!(outputs[0]["name"], "hw.txt", "{body}");
+    assert_eq!(outputs[1]["name"], "other.bin", "{body}");
+    let other_cid = outputs[1]["cid"].as_str().unwrap().to_string();
+
+    for query in ["", "?stream-channels=true"] {
+        let r = add(query).await.unwrap();
+        assert_eq!(r.status(), 200);
+        let body = r.text().await.unwrap();
+        assert!(
+            serde_json::from_str::<Value>(&body).is_err(),
+            "{query:?}: two outputs must not form one JSON document: {body}"
+        );
+        let lines: Vec<Value> = body
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{query:?}: {e}: {l}")))
+            .collect();
+        assert_eq!(lines.len(), 2, "{query:?}: {body}");
+        assert!(lines.iter().all(Value::is_object), "{query:?}: {body}");
+        assert_eq!(lines[0]["cid"], HELLO_CID, "{query:?}: {body}");
+        assert_eq!(lines[1]["cid"], other_cid.as_str(), "{query:?}: {body}");
+    }
 }

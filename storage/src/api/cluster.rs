@@ -162,10 +162,14 @@ async fn add(
         get("chunker"),
         get("hash"),
     )?;
-    let no_pin = get("no-pin")
-        .map(|v| parse_bool("no-pin", v))
-        .transpose()?
-        .unwrap_or(false);
+    let flag = |name: &str, default: bool| {
+        get(name)
+            .map(|v| parse_bool(name, v))
+            .transpose()
+            .map(|b| b.unwrap_or(default))
+    };
+    let no_pin = flag("no-pin", false)?;
+    let stream_channels = flag("stream-channels", true)?;
     let (min, max) = replication(&q)?;
     let mp = mp.map_err(|_| {
         ApiError::bad("a multipart/form-data body with at least one file is required")
@@ -181,7 +185,13 @@ async fn add(
         };
         out.push(json!({ "name": a.name, "cid": a.root.cid.to_string(), "size": a.root.cumulative_size, "allocations": allocations }));
     }
-    Ok(stream(&out))
+    if stream_channels {
+        Ok(stream(&out))
+    } else {
+        // As Cluster does with `stream-channels=false`: every output in one JSON array (clients
+        // index `[0]`), not one JSON object per line.
+        Ok(Json(out).into_response())
+    }
 }
 
 async fn pin(State(node): State<Arc<Node>>, Path(cid): Path<String>, q: Q) -> Res {
