@@ -304,19 +304,23 @@ async fn bad_input_gets_clear_errors_and_the_sidecar_keeps_serving() {
     c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     c.write_all(b"THIS IS NOT HTTP\r\n\r\n").unwrap();
     let mut buf = String::new();
-    let _ = c.read_to_string(&mut buf);
+    // Read to the end: an error here (the 5 s read timeout) means the connection stayed open.
+    c.read_to_string(&mut buf).unwrap_or_else(|e| {
+        panic!("the connection did not close after the 400: {e}; read {buf:?}")
+    });
     assert!(buf.starts_with("HTTP/1.1 400"), "{buf:?}");
 
-    // Oversized headers: refused (431), nothing forwarded.
+    // Oversized headers: refused (431), nothing forwarded. The listener answers 431 and then
+    // lingers, reading and discarding what the client still sends (sidecar/src/listen/h1.rs,
+    // `answer_error`), so the client gets the answer rather than a reset.
     let before = fx.count();
     let r = http()
         .get(format!("http://{listen}/ok"))
         .header("x-big", "a".repeat(200_000))
         .send()
-        .await;
-    if let Ok(r) = r {
-        assert_eq!(r.status(), 431);
-    }
+        .await
+        .expect("an oversized head is answered (431), not dropped");
+    assert_eq!(r.status(), 431);
     assert_eq!(fx.count(), before);
 
     // Outbound to a peer that is not allowed.
@@ -419,8 +423,10 @@ async fn hot_reload_validates_then_swaps_and_sigterm_drains_in_flight_requests()
     );
 
     // SIGTERM while a request is in flight: it completes, then the process exits 0.
+    // Back to the config without the limit, so the request below is not throttled.
     std::fs::write(&s.config, text).unwrap();
-    let _ = http().post(s.admin_url("/reload")).send().await.unwrap();
+    let r = http().post(s.admin_url("/reload")).send().await.unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
     let inflight = tokio::spawn({
         let url = format!("http://{listen}/hold?ms=1000");
         async move { http().get(url).send().await.map(|r| r.status().as_u16()) }
@@ -756,4 +762,143 @@ async fn a_kept_alive_connection_takes_up_a_reload_on_its_next_request() {
     for _ in 0..5 {
         assert_eq!(status_on(&mut c, "/ok"), 200);
     }
+}
+
+// ---- HTTP/1.1 conformance of the listener (RFC 9112), over a raw socket ----------------------
+
+/// A sidecar in front of the fixture upstream, for raw-socket conformance checks.
+async fn conformance_sidecar() -> (
+    Fixture,
+    tempfile::TempDir,
+    SidecarProc,
+    std::net::SocketAddr,
+) {
+    let fx = Fixture::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let listen = free_addr();
+    let s = SidecarProc::start(dir.path(), "sc", &inbound(listen, fx.addr, ""));
+    s.wait_ready().await;
+    (fx, dir, s, listen)
+}
+
+/// Writes `req` as is on a new connection and reads what comes back until the sidecar closes it
+/// (or 5 s pass, or the connection is reset: whatever arrived by then is returned).
+async fn raw_exchange(listen: std::net::SocketAddr, req: &[u8]) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut c = tokio::net::TcpStream::connect(listen).await.unwrap();
+    c.write_all(req).await.unwrap();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match c.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+    })
+    .await;
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+/// The answer's status line.
+fn status_line(answer: &str) -> &str {
+    answer.lines().next().unwrap_or("")
+}
+
+/// `req` is refused with 400 by the sidecar itself (no `x-bulwark-error` from an upstream
+/// failure, nothing forwarded), and the sidecar keeps serving.
+async fn assert_refused_400(fx: &Fixture, listen: std::net::SocketAddr, req: &[u8], what: &str) {
+    let before = fx.count();
+    let answer = raw_exchange(listen, req).await;
+    assert!(
+        answer.starts_with("HTTP/1.1 400 "),
+        "{what}: want 400, got {:?}\nfull answer: {answer:?}",
+        status_line(&answer)
+    );
+    assert_eq!(fx.count(), before, "{what}: the request was forwarded");
+    let r = http()
+        .get(format!("http://{listen}/ok"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{what}: the sidecar stopped serving");
+}
+
+/// RFC 9112 §3.2: a server MUST respond 400 to an HTTP/1.1 request that lacks a Host header.
+#[tokio::test(flavor = "multi_thread")]
+async fn conformance_http11_request_without_host_is_400() {
+    let (fx, _dir, _s, listen) = conformance_sidecar().await;
+    assert_refused_400(
+        &fx,
+        listen,
+        b"GET /ok HTTP/1.1\r\nConnection: close\r\n\r\n",
+        "no Host",
+    )
+    .await;
+}
+
+/// RFC 9112 §3.2: ... or more than one Host header.
+#[tokio::test(flavor = "multi_thread")]
+async fn conformance_request_with_two_host_headers_is_400() {
+    let (fx, _dir, _s, listen) = conformance_sidecar().await;
+    assert_refused_400(
+        &fx,
+        listen,
+        b"GET /ok HTTP/1.1\r\nHost: a.example\r\nHost: b.example\r\nConnection: close\r\n\r\n",
+        "two Host headers",
+    )
+    .await;
+}
+
+/// An absolute-form target whose authority disagrees with the Host header is refused (the two
+/// would route differently behind a proxy); one that agrees is proxied as usual.
+#[tokio::test(flavor = "multi_thread")]
+async fn conformance_absolute_form_target_must_agree_with_host() {
+    let (fx, _dir, _s, listen) = conformance_sidecar().await;
+    let before = fx.count();
+    let answer = raw_exchange(
+        listen,
+        b"GET http://a.example:80/ok HTTP/1.1\r\nHost: a.example:80\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(
+        answer.starts_with("HTTP/1.1 200 "),
+        "agreeing absolute-form: want 200, got {:?}\nfull answer: {answer:?}",
+        status_line(&answer)
+    );
+    assert!(answer.ends_with("\r\n\r\noo"), "{answer:?}");
+    assert_eq!(fx.count(), before + 1, "proxied once");
+
+    assert_refused_400(
+        &fx,
+        listen,
+        b"GET http://a.example:80/x HTTP/1.1\r\nHost: b.example\r\nConnection: close\r\n\r\n",
+        "absolute-form authority a.example:80 with Host b.example",
+    )
+    .await;
+}
+
+/// A chunked request body that is not valid chunked coding is the client's error: 400, not a
+/// 502 blaming the upstream.
+#[tokio::test(flavor = "multi_thread")]
+async fn conformance_malformed_chunked_request_body_is_400() {
+    let (_fx, _dir, _s, listen) = conformance_sidecar().await;
+    let answer = raw_exchange(
+        listen,
+        b"POST /upload HTTP/1.1\r\nHost: a.example\r\nTransfer-Encoding: chunked\r\n\
+          Connection: close\r\n\r\nzz\r\nhello\r\n0\r\n\r\n",
+    )
+    .await;
+    assert!(
+        answer.starts_with("HTTP/1.1 400 "),
+        "want 400, got {:?}\nfull answer: {answer:?}",
+        status_line(&answer)
+    );
+    let r = http()
+        .get(format!("http://{listen}/ok"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "the sidecar stopped serving");
 }

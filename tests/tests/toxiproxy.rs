@@ -221,16 +221,20 @@ async fn toxiproxy_limit_data_reset_peer_ttl_and_metrics() {
     let mut s = TcpStream::connect(addr).await.unwrap();
     s.write_all(b"0123456789abcdef").await.unwrap();
     assert_eq!(read_to_end(&mut s).await.unwrap_or_default(), b"01234567");
-    api.call("DELETE", "/proxies/echo/toxics/limit_data_downstream", None)
+    let (st, _) = api
+        .call("DELETE", "/proxies/echo/toxics/limit_data_downstream", None)
         .await;
+    assert_eq!(st, 204);
 
     // reset_peer: the client sees a TCP RST.
-    api.call(
-        "POST",
-        "/proxies/echo/toxics",
-        Some(json!({"type": "reset_peer", "attributes": {"timeout": 50}})),
-    )
-    .await;
+    let (st, t) = api
+        .call(
+            "POST",
+            "/proxies/echo/toxics",
+            Some(json!({"type": "reset_peer", "attributes": {"timeout": 50}})),
+        )
+        .await;
+    assert_eq!(st, 200, "{t}");
     let mut s = TcpStream::connect(addr).await.unwrap();
     s.write_all(b"boom").await.unwrap();
     assert_eq!(
@@ -283,15 +287,22 @@ async fn toxiproxy_limit_data_reset_peer_ttl_and_metrics() {
 }
 
 /// An unmodified Toxiproxy client library drives the sidecar. CI installs it (`.ci/run` sets
-/// BULWARK_TOXIPROXY_CLIENT_PY to a Python with `toxiproxy-python==0.1.1`); elsewhere the test says
-/// how to run it and passes vacuously only when that variable is absent.
+/// BULWARK_TOXIPROXY_CLIENT_PY to a Python with `toxiproxy-python==0.1.1`). Without that variable
+/// the test fails under CI (`CI=true`), so CI can never pass it without running the client;
+/// elsewhere it prints how to run it and skips.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_unmodified_toxiproxy_client_works() {
-    let Ok(py) = std::env::var("BULWARK_TOXIPROXY_CLIENT_PY") else {
-        eprintln!(
-            "skipped: set BULWARK_TOXIPROXY_CLIENT_PY to a python with toxiproxy-python==0.1.1 (CI does)"
-        );
-        return;
+    const HOW: &str = "set BULWARK_TOXIPROXY_CLIENT_PY to a python with toxiproxy-python==0.1.1 \
+                       (.ci/run does)";
+    let py = match std::env::var("BULWARK_TOXIPROXY_CLIENT_PY") {
+        Ok(py) if !py.is_empty() => py,
+        _ if std::env::var("CI").is_ok_and(|v| v == "true") => {
+            panic!("CI=true but the Toxiproxy client is missing: {HOW}")
+        }
+        _ => {
+            eprintln!("SKIPPED an_unmodified_toxiproxy_client_works: {HOW}");
+            return;
+        }
     };
     let fx = Fixture::start().await;
     let dir = tempfile::tempdir().unwrap();
