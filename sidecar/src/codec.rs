@@ -33,6 +33,12 @@ pub enum H1Error {
     BodyLength,
 }
 
+/// A request body the client framed wrongly (a malformed chunk, a body cut short): the client's
+/// error, answered 400 — not the upstream's, and not a failure its breaker counts.
+#[derive(Debug, thiserror::Error)]
+#[error("request body from the client: {0}")]
+pub struct ClientBodyError(#[source] pub H1Error);
+
 /// How much of the answer body is left, and how it is delimited.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Decoder {

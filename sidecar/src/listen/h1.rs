@@ -33,7 +33,9 @@
 //! - **Drain**: on shutdown an idle connection closes at once; a busy one finishes its answer
 //!   with `connection: close`.
 
-use crate::codec::{is_hop_by_hop, itoa, parse_length, poll_decode, Chunk, Decoder, NameCache};
+use crate::codec::{
+    is_hop_by_hop, itoa, parse_length, poll_decode, Chunk, ClientBodyError, Decoder, NameCache,
+};
 use crate::{Body, Request, Response};
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderValue};
@@ -161,7 +163,7 @@ impl http_body::Body for ReqBody {
             Err(e) => {
                 rx.failed = true;
                 this.done = true;
-                Poll::Ready(Some(Err(Box::new(e))))
+                Poll::Ready(Some(Err(Box::new(ClientBodyError(e)))))
             }
         }
     }
@@ -396,6 +398,33 @@ where
 
 // Boxing the request to shrink the variant would allocate once per request to save a move.
 #[allow(clippy::large_enum_variant)]
+/// RFC 9112 §3.2: an HTTP/1.1 request carries exactly one Host (HTTP/1.0: at most one), and a
+/// proxy must not guess between an absolute-form target's authority and a Host that names
+/// another (request smuggling, cache poisoning): all are the client's error, 400.
+fn check_host(uri: &Uri, hosts: u8, host: &[u8], http10: bool) -> Result<(), HeadError> {
+    const BAD: StatusCode = StatusCode::BAD_REQUEST;
+    match hosts {
+        0 if !http10 => return Err(HeadError::Answer(BAD, "missing Host header")),
+        0 => return Ok(()),
+        1 => {}
+        _ => return Err(HeadError::Answer(BAD, "more than one Host header")),
+    }
+    match uri.authority() {
+        Some(a)
+            if !a
+                .as_str()
+                .as_bytes()
+                .eq_ignore_ascii_case(host.trim_ascii()) =>
+        {
+            Err(HeadError::Answer(
+                BAD,
+                "Host header disagrees with the request target's authority",
+            ))
+        }
+        _ => Ok(()),
+    }
+}
+
 enum Head {
     Request(Request, Meta),
     H2,
@@ -505,6 +534,8 @@ impl Conn {
         let (mut close, mut keep_alive, mut te, mut chunked, mut expect) =
             (false, false, false, false, false);
         let mut length: Option<u64> = None;
+        // Host headers seen, and where the last one's value lies.
+        let mut hosts = (0u8, 0usize, 0usize);
         for (i, &(ns, nl, vs, vl)) in at[..count].iter().enumerate() {
             let (ns, nl, vs, vl) = (ns as usize, nl as usize, vs as usize, vl as usize);
             let name = self
@@ -532,11 +563,14 @@ impl Conn {
                 length = Some(n);
             } else if name == header::EXPECT {
                 expect = raw.eq_ignore_ascii_case(b"100-continue");
+            } else if name == header::HOST {
+                hosts = (hosts.0.saturating_add(1), vs, vl);
             }
             let value = HeaderValue::from_maybe_shared(head.slice(vs..vs + vl))
                 .map_err(|_| HeadError::Answer(BAD, "invalid header value"))?;
             map.append(name, value);
         }
+        check_host(&uri, hosts.0, &head[hosts.1..hosts.1 + hosts.2], http10)?;
         let dec = match (te, length) {
             (true, Some(_)) => {
                 return Err(HeadError::Answer(

@@ -210,6 +210,11 @@ impl Pool {
 }
 
 fn upstream_error(auth: &Authority, e: &H1Error) -> ProxyError {
+    if let H1Error::RequestBody(b) = e {
+        if let Some(c) = b.downcast_ref::<crate::codec::ClientBodyError>() {
+            return ProxyError::BadRequest(c.to_string());
+        }
+    }
     ProxyError::Upstream {
         upstream: auth.to_string(),
         msg: crate::upstream::forward::error_chain(e),

@@ -224,19 +224,26 @@ async fn bad_heads_get_400_or_431_and_the_connection_closes() {
     let cases: &[(&[u8], &str)] = &[
         (b"THIS IS NOT HTTP\r\n\r\n", "HTTP/1.1 400 "),
         (
-            b"POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
             "HTTP/1.1 400 ",
         ),
         (
-            b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n",
             "HTTP/1.1 400 ",
         ),
         (
-            b"POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n",
             "HTTP/1.1 400 ",
         ),
         (
-            b"POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n",
+            b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: -1\r\n\r\n",
+            "HTTP/1.1 400 ",
+        ),
+        // RFC 9112 §3.2: exactly one Host, agreeing with an absolute-form target.
+        (b"GET / HTTP/1.1\r\n\r\n", "HTTP/1.1 400 "),
+        (b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n", "HTTP/1.1 400 "),
+        (
+            b"GET http://a.example/x HTTP/1.1\r\nHost: b.example\r\n\r\n",
             "HTTP/1.1 400 ",
         ),
     ];
