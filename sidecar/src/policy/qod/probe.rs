@@ -282,6 +282,46 @@ where
     result
 }
 
+/// The blacklist entry for a shape that struck `distinct` canaries, and its TTL: doubled for each
+/// earlier time this shape was blacklisted, up to `max_ttl`.
+fn blacklist_entry(
+    p: &ProbeShared,
+    sig: &Signature,
+    described: &signature::Described,
+    route: &Arc<str>,
+    distinct: u32,
+    struck: &[String],
+    sample: Sample,
+) -> (Entry, Duration) {
+    let (st, cfg) = (&p.st, &p.cfg);
+    let repeat = st.blacklist.repeats(sig.fine);
+    let ttl = cfg
+        .ttl
+        .saturating_mul(1u32 << repeat.min(20))
+        .min(cfg.max_ttl);
+    let now = now_ms();
+    let entry = Entry {
+        id: signature::id(sig.fine),
+        coarse: signature::id(sig.coarse),
+        signature: described.clone(),
+        route: route.to_string(),
+        listener: p.listener.to_string(),
+        reason: format!("crashed or hung {distinct} canaries: {}", struck.join("; ")),
+        strikes: distinct,
+        repeat,
+        created_ms: now,
+        expires_ms: now + ttl.as_millis() as u64,
+        updated_ms: now,
+        origin: "local".into(),
+        node: st.node.clone(),
+        dry_run: false,
+        note: String::new(),
+        deleted: false,
+        sample: Some(sample),
+    };
+    (entry, ttl)
+}
+
 async fn probe_locked<S>(
     p: &ProbeShared,
     inner: &mut S,
@@ -365,37 +405,10 @@ where
                 st.suspect(key, cfg.ttl);
                 struck.push(why.clone());
                 if distinct >= cfg.strikes {
-                    let repeat = st.blacklist.repeats(sig.fine);
-                    let ttl = cfg
-                        .ttl
-                        .saturating_mul(1u32 << repeat.min(20))
-                        .min(cfg.max_ttl);
-                    let now = now_ms();
-                    let reason =
-                        format!("crashed or hung {distinct} canaries: {}", struck.join("; "));
-                    let entry = Entry {
-                        id: signature::id(sig.fine),
-                        coarse: signature::id(sig.coarse),
-                        signature: described.clone(),
-                        route: route.to_string(),
-                        listener: p.listener.to_string(),
-                        reason: reason.clone(),
-                        strikes: distinct,
-                        repeat,
-                        created_ms: now,
-                        expires_ms: now + ttl.as_millis() as u64,
-                        updated_ms: now,
-                        origin: "local".into(),
-                        node: st.node.clone(),
-                        dry_run: false,
-                        note: String::new(),
-                        deleted: false,
-                        sample: Some(sample(
-                            &parts,
-                            replay.as_ref().map(|r| &r.data),
-                            cfg.sample_bytes,
-                        )),
-                    };
+                    let sample = sample(&parts, replay.as_ref().map(|r| &r.data), cfg.sample_bytes);
+                    let (entry, ttl) =
+                        blacklist_entry(p, &sig, &described, route, distinct, &struck, sample);
+                    let reason = entry.reason.clone();
                     st.clear_strikes(sig.fine);
                     st.add_entry(entry, "local");
                     return Err(ProxyError::QueryOfDeath {
