@@ -396,8 +396,6 @@ where
     }
 }
 
-// Boxing the request to shrink the variant would allocate once per request to save a move.
-#[allow(clippy::large_enum_variant)]
 /// RFC 9112 §3.2: an HTTP/1.1 request carries exactly one Host (HTTP/1.0: at most one), and a
 /// proxy must not guess between an absolute-form target's authority and a Host that names
 /// another (request smuggling, cache poisoning): all are the client's error, 400.
@@ -425,6 +423,8 @@ fn check_host(uri: &Uri, hosts: u8, host: &[u8], http10: bool) -> Result<(), Hea
     }
 }
 
+// Boxing the request to shrink the variant would allocate once per request to save a move.
+#[allow(clippy::large_enum_variant)]
 enum Head {
     Request(Request, Meta),
     H2,
