@@ -416,230 +416,281 @@ impl Ctx {
 
     /// Carries out one action (not its pauses, not its duration).
     pub async fn perform(&self, act: &Activity) -> Outcome {
-        let mut keys = Vec::new();
         match &act.kind {
-            ActionKind::Fault { targets, spec } => {
-                let ttl = self.ttl(act.duration);
-                let window = self.open_window(&act.name);
-                let mut out = Vec::new();
-                for h in self.pick(targets) {
-                    match self.inject_fault(&h, spec, ttl, window, &mut keys).await {
-                        Ok(v) => out.push(v),
-                        Err(e) => return Outcome::failed(json!(out), e, keys),
-                    }
-                }
-                Outcome::ok(json!({"injected": out}), keys)
-            }
+            ActionKind::Fault { targets, spec } => self.fault_action(act, targets, spec).await,
             ActionKind::Toxic {
                 targets,
                 proxy,
                 toxic,
-            } => {
-                let ttl = self.ttl(act.duration);
-                let window = self.open_window(&act.name);
-                let mut out = Vec::new();
-                for h in self.pick(targets) {
-                    let api = self.host(&h).toxiproxy.clone().unwrap_or_default();
-                    let name = format!("{}-{}", self.run_id, self.next());
-                    let mut body = toxic.clone();
-                    if body.get("name").is_none() {
-                        body["name"] = json!(name);
-                    }
-                    let name = body["name"].as_str().unwrap_or_default().to_string();
-                    body["ttl_ms"] = json!(ttl.as_millis() as u64);
-                    match self.toxiproxy(&api).create_toxic(proxy, &body).await {
-                        Ok(_) => {
-                            keys.push(self.record(
-                                Injected::Toxic {
-                                    api,
-                                    proxy: proxy.clone(),
-                                    name: name.clone(),
-                                },
-                                window,
-                            ));
-                            out.push(json!({"host": h, "proxy": proxy, "toxic": name, "ttl_ms": ttl.as_millis() as u64}));
-                        }
-                        Err(e) => return Outcome::failed(json!(out), call_error(e), keys),
-                    }
-                }
-                Outcome::ok(json!({"injected": out}), keys)
-            }
+            } => self.toxic_action(act, targets, proxy, toxic).await,
             ActionKind::Outage {
                 targets,
                 drain,
                 reason,
-            } => {
-                let d = act.duration.unwrap_or_default();
-                let window = self.open_window(&act.name);
-                let mut out = Vec::new();
-                for h in self.pick(targets) {
-                    let admin = self.host(&h).admin.clone().unwrap_or_default();
-                    let spec = OutageSpec {
-                        duration: d,
-                        drain: Some(*drain),
-                        reason: format!("chaos: {reason} ({})", self.run_id),
-                        ..Default::default()
-                    };
-                    match self.admin(&admin).add_outage(&spec).await {
-                        Ok(o) => {
-                            let id = o.outage.id.clone();
-                            let v = serde_json::to_value(&o).unwrap_or(Value::Null);
-                            keys.push(self.record(
-                                Injected::Outage {
-                                    admin,
-                                    id: id.clone(),
-                                },
-                                window,
-                            ));
-                            out.push(json!({"host": h, "outage": v}));
-                        }
-                        Err(e) if e.is_not_found() => {
-                            return Outcome::failed(
-                                json!(out),
-                                format!(
-                                "{admin} has no /outages: this sidecar cannot take planned outages"
-                            ),
-                                keys,
-                            )
-                        }
-                        Err(e) => return Outcome::failed(json!(out), call_error(e), keys),
-                    }
-                }
-                Outcome::ok(json!({"outages": out}), keys)
-            }
+            } => self.outage_action(act, targets, drain, reason).await,
             ActionKind::Signal {
                 targets,
                 process,
                 pid,
                 signal,
-            } => {
-                let pids: Vec<(String, Result<u32, String>)> = match (targets, pid) {
-                    (Some(t), _) => self
-                        .pick(t)
-                        .into_iter()
-                        .map(|h| {
-                            let p = self.resolve_pid(&h, *process);
-                            (h, p)
-                        })
-                        .collect(),
-                    (None, Some(src)) => vec![("pid".to_string(), src.resolve())],
-                    (None, None) => vec![],
-                };
-                let window = (*signal != Signal::Continue).then(|| self.open_window(&act.name));
-                let mut out = Vec::new();
-                for (h, p) in pids {
-                    let pid = match p {
-                        Ok(p) => p,
-                        Err(e) => return Outcome::failed(json!(out), e, keys),
-                    };
-                    if *signal == Signal::Stop {
-                        // The watchdog first: from the moment the process stops, something will
-                        // continue it.
-                        let watchdog = spawn_watchdog(pid, self.ttl(act.duration));
-                        if let Err(e) = send_signal(pid, *signal).await {
-                            if let Some(mut w) = watchdog {
-                                let _ = w.kill();
-                                let _ = w.wait();
-                            }
-                            return Outcome::failed(json!(out), e, keys);
-                        }
-                        keys.push(self.record(
-                            Injected::Stopped { pid, watchdog },
-                            window.unwrap_or_default(),
-                        ));
-                    } else if let Err(e) = send_signal(pid, *signal).await {
-                        return Outcome::failed(json!(out), e, keys);
-                    }
-                    out.push(json!({"target": h, "pid": pid, "signal": signal}));
-                }
-                let mut o = Outcome::ok(json!({"signalled": out}), keys);
-                if matches!(signal, Signal::Kill | Signal::Term | Signal::Int) {
-                    o.output["note"] = json!("a killed process is not restarted by chaos: bring it back with a rollback (e.g. a command)");
-                }
-                o
-            }
+            } => self.signal_action(act, targets, process, pid, signal).await,
             ActionKind::Partition {
                 isolate,
                 from,
                 listener,
-            } => {
-                let ttl = self.ttl(act.duration);
-                let window = self.open_window(&act.name);
-                let mut out = Vec::new();
-                // Each side's outbound requests to the other side's peer address are blackholed.
-                let mut pairs = Vec::new();
-                for a in isolate {
-                    for b in from {
-                        pairs.push((a.clone(), b.clone()));
-                        pairs.push((b.clone(), a.clone()));
-                    }
-                }
-                for (src, dst) in pairs {
-                    let mut spec = json!({
-                        "kind": {"type": "blackhole"},
-                        "upstream": self.host(&dst).peer.clone().unwrap_or_default(),
-                    });
-                    if let Some(l) = listener {
-                        spec["listener"] = json!(l);
-                    }
-                    match self.inject_fault(&src, &spec, ttl, window, &mut keys).await {
-                        Ok(mut v) => {
-                            v["to"] = json!(dst);
-                            out.push(v);
-                        }
-                        Err(e) => return Outcome::failed(json!(out), e, keys),
-                    }
-                }
-                Outcome::ok(
-                    json!({"mechanism": "sidecar blackhole faults matched by upstream", "faults": out}),
-                    keys,
-                )
+            } => self.partition_action(act, isolate, from, listener).await,
+            ActionKind::Http { request, tolerance } => self.http_action(request, tolerance).await,
+            ActionKind::Command { command, tolerance } => {
+                self.command_action(command, tolerance).await
             }
-            ActionKind::Http { request, tolerance } => match http_call(&self.http, request).await {
-                Ok((status, body, ms)) => {
-                    let out =
-                        json!({"status": status, "body": truncate(&body, 2000), "elapsed_ms": ms});
-                    let t = tolerance.as_ref();
-                    let met = t.map(|t| {
-                        t.status_ok(status as i64)
-                            && t.regex.as_ref().is_none_or(|r| r.is_match(&body))
-                            && t.max_ms.is_none_or(|m| ms <= m)
-                    });
-                    let mut o = if met == Some(false) {
-                        Outcome::failed(out, "the response is outside the tolerance".into(), keys)
-                    } else {
-                        Outcome::ok(out, keys)
-                    };
-                    o.tolerance_met = met;
-                    o
-                }
-                Err(e) => Outcome::failed(Value::Null, e, keys),
-            },
-            ActionKind::Command { command, tolerance } => match run_command(command).await {
-                Ok((code, stdout, stderr)) => {
-                    let out = json!({"status": code, "stdout": truncate(&stdout, 2000), "stderr": truncate(&stderr, 2000)});
-                    let met = match tolerance {
-                        Some(t) => {
-                            t.status_ok(code as i64)
-                                && t.regex.as_ref().is_none_or(|r| r.is_match(&stdout))
-                        }
-                        None => code == 0,
-                    };
-                    let mut o = if met {
-                        Outcome::ok(out, keys)
-                    } else {
-                        Outcome::failed(out, format!("exit status {code}"), keys)
-                    };
-                    o.tolerance_met = tolerance.as_ref().map(|_| met);
-                    o
-                }
-                Err(e) => Outcome::failed(Value::Null, e, keys),
-            },
             ActionKind::Probe { probe } => {
                 let r = run_probe(probe, self).await;
-                Outcome::ok(serde_json::to_value(&r).unwrap_or(Value::Null), keys)
+                Outcome::ok(serde_json::to_value(&r).unwrap_or(Value::Null), Vec::new())
             }
-            ActionKind::Pause => Outcome::ok(Value::Null, keys),
+            ActionKind::Pause => Outcome::ok(Value::Null, Vec::new()),
+        }
+    }
+
+    async fn fault_action(&self, act: &Activity, targets: &Targets, spec: &Value) -> Outcome {
+        let mut keys = Vec::new();
+        let ttl = self.ttl(act.duration);
+        let window = self.open_window(&act.name);
+        let mut out = Vec::new();
+        for h in self.pick(targets) {
+            match self.inject_fault(&h, spec, ttl, window, &mut keys).await {
+                Ok(v) => out.push(v),
+                Err(e) => return Outcome::failed(json!(out), e, keys),
+            }
+        }
+        Outcome::ok(json!({"injected": out}), keys)
+    }
+
+    async fn toxic_action(
+        &self,
+        act: &Activity,
+        targets: &Targets,
+        proxy: &str,
+        toxic: &Value,
+    ) -> Outcome {
+        let mut keys = Vec::new();
+        let ttl = self.ttl(act.duration);
+        let window = self.open_window(&act.name);
+        let mut out = Vec::new();
+        for h in self.pick(targets) {
+            let api = self.host(&h).toxiproxy.clone().unwrap_or_default();
+            let name = format!("{}-{}", self.run_id, self.next());
+            let mut body = toxic.clone();
+            if body.get("name").is_none() {
+                body["name"] = json!(name);
+            }
+            let name = body["name"].as_str().unwrap_or_default().to_string();
+            body["ttl_ms"] = json!(ttl.as_millis() as u64);
+            match self.toxiproxy(&api).create_toxic(proxy, &body).await {
+                Ok(_) => {
+                    keys.push(self.record(
+                        Injected::Toxic {
+                            api,
+                            proxy: proxy.to_string(),
+                            name: name.clone(),
+                        },
+                        window,
+                    ));
+                    out.push(json!({"host": h, "proxy": proxy, "toxic": name, "ttl_ms": ttl.as_millis() as u64}));
+                }
+                Err(e) => return Outcome::failed(json!(out), call_error(e), keys),
+            }
+        }
+        Outcome::ok(json!({"injected": out}), keys)
+    }
+
+    async fn outage_action(
+        &self,
+        act: &Activity,
+        targets: &Targets,
+        drain: &Duration,
+        reason: &str,
+    ) -> Outcome {
+        let mut keys = Vec::new();
+        let d = act.duration.unwrap_or_default();
+        let window = self.open_window(&act.name);
+        let mut out = Vec::new();
+        for h in self.pick(targets) {
+            let admin = self.host(&h).admin.clone().unwrap_or_default();
+            let spec = OutageSpec {
+                duration: d,
+                drain: Some(*drain),
+                reason: format!("chaos: {reason} ({})", self.run_id),
+                ..Default::default()
+            };
+            match self.admin(&admin).add_outage(&spec).await {
+                Ok(o) => {
+                    let id = o.outage.id.clone();
+                    let v = serde_json::to_value(&o).unwrap_or(Value::Null);
+                    keys.push(self.record(
+                        Injected::Outage {
+                            admin,
+                            id: id.clone(),
+                        },
+                        window,
+                    ));
+                    out.push(json!({"host": h, "outage": v}));
+                }
+                Err(e) if e.is_not_found() => {
+                    return Outcome::failed(
+                        json!(out),
+                        format!(
+                            "{admin} has no /outages: this sidecar cannot take planned outages"
+                        ),
+                        keys,
+                    )
+                }
+                Err(e) => return Outcome::failed(json!(out), call_error(e), keys),
+            }
+        }
+        Outcome::ok(json!({"outages": out}), keys)
+    }
+
+    async fn signal_action(
+        &self,
+        act: &Activity,
+        targets: &Option<Targets>,
+        process: &Proc,
+        pid: &Option<PidSource>,
+        signal: &Signal,
+    ) -> Outcome {
+        let mut keys = Vec::new();
+        let pids: Vec<(String, Result<u32, String>)> = match (targets, pid) {
+            (Some(t), _) => self
+                .pick(t)
+                .into_iter()
+                .map(|h| {
+                    let p = self.resolve_pid(&h, *process);
+                    (h, p)
+                })
+                .collect(),
+            (None, Some(src)) => vec![("pid".to_string(), src.resolve())],
+            (None, None) => vec![],
+        };
+        let window = (*signal != Signal::Continue).then(|| self.open_window(&act.name));
+        let mut out = Vec::new();
+        for (h, p) in pids {
+            let pid = match p {
+                Ok(p) => p,
+                Err(e) => return Outcome::failed(json!(out), e, keys),
+            };
+            if *signal == Signal::Stop {
+                // The watchdog first: from the moment the process stops, something will
+                // continue it.
+                let watchdog = spawn_watchdog(pid, self.ttl(act.duration));
+                if let Err(e) = send_signal(pid, *signal).await {
+                    if let Some(mut w) = watchdog {
+                        let _ = w.kill();
+                        let _ = w.wait();
+                    }
+                    return Outcome::failed(json!(out), e, keys);
+                }
+                keys.push(self.record(
+                    Injected::Stopped { pid, watchdog },
+                    window.unwrap_or_default(),
+                ));
+            } else if let Err(e) = send_signal(pid, *signal).await {
+                return Outcome::failed(json!(out), e, keys);
+            }
+            out.push(json!({"target": h, "pid": pid, "signal": signal}));
+        }
+        let mut o = Outcome::ok(json!({"signalled": out}), keys);
+        if matches!(signal, Signal::Kill | Signal::Term | Signal::Int) {
+            o.output["note"] = json!("a killed process is not restarted by chaos: bring it back with a rollback (e.g. a command)");
+        }
+        o
+    }
+
+    async fn partition_action(
+        &self,
+        act: &Activity,
+        isolate: &[String],
+        from: &[String],
+        listener: &Option<String>,
+    ) -> Outcome {
+        let mut keys = Vec::new();
+        let ttl = self.ttl(act.duration);
+        let window = self.open_window(&act.name);
+        let mut out = Vec::new();
+        // Each side's outbound requests to the other side's peer address are blackholed.
+        let mut pairs = Vec::new();
+        for a in isolate {
+            for b in from {
+                pairs.push((a.clone(), b.clone()));
+                pairs.push((b.clone(), a.clone()));
+            }
+        }
+        for (src, dst) in pairs {
+            let mut spec = json!({
+                "kind": {"type": "blackhole"},
+                "upstream": self.host(&dst).peer.clone().unwrap_or_default(),
+            });
+            if let Some(l) = listener {
+                spec["listener"] = json!(l);
+            }
+            match self.inject_fault(&src, &spec, ttl, window, &mut keys).await {
+                Ok(mut v) => {
+                    v["to"] = json!(dst);
+                    out.push(v);
+                }
+                Err(e) => return Outcome::failed(json!(out), e, keys),
+            }
+        }
+        Outcome::ok(
+            json!({"mechanism": "sidecar blackhole faults matched by upstream", "faults": out}),
+            keys,
+        )
+    }
+
+    async fn http_action(&self, request: &HttpRequest, tolerance: &Option<Tolerance>) -> Outcome {
+        let keys = Vec::new();
+        match http_call(&self.http, request).await {
+            Ok((status, body, ms)) => {
+                let out =
+                    json!({"status": status, "body": truncate(&body, 2000), "elapsed_ms": ms});
+                let t = tolerance.as_ref();
+                let met = t.map(|t| {
+                    t.status_ok(status as i64)
+                        && t.regex.as_ref().is_none_or(|r| r.is_match(&body))
+                        && t.max_ms.is_none_or(|m| ms <= m)
+                });
+                let mut o = if met == Some(false) {
+                    Outcome::failed(out, "the response is outside the tolerance".into(), keys)
+                } else {
+                    Outcome::ok(out, keys)
+                };
+                o.tolerance_met = met;
+                o
+            }
+            Err(e) => Outcome::failed(Value::Null, e, keys),
+        }
+    }
+
+    async fn command_action(&self, command: &Command, tolerance: &Option<Tolerance>) -> Outcome {
+        let keys = Vec::new();
+        match run_command(command).await {
+            Ok((code, stdout, stderr)) => {
+                let out = json!({"status": code, "stdout": truncate(&stdout, 2000), "stderr": truncate(&stderr, 2000)});
+                let met = match tolerance {
+                    Some(t) => {
+                        t.status_ok(code as i64)
+                            && t.regex.as_ref().is_none_or(|r| r.is_match(&stdout))
+                    }
+                    None => code == 0,
+                };
+                let mut o = if met {
+                    Outcome::ok(out, keys)
+                } else {
+                    Outcome::failed(out, format!("exit status {code}"), keys)
+                };
+                o.tolerance_met = tolerance.as_ref().map(|_| met);
+                o
+            }
+            Err(e) => Outcome::failed(Value::Null, e, keys),
         }
     }
 

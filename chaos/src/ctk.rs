@@ -76,21 +76,64 @@ pub fn parse(
             format!("not valid JSON: {e}"),
         )])
     })?;
-    let Some(top) = doc.as_object_mut() else {
+    if !doc.is_object() {
         return Err(invalid(vec![Problem::new(
             Some(1),
             "",
             "an experiment is a JSON object",
         )]));
-    };
+    }
     let mut c = Ctx {
         text,
         problems: Vec::new(),
         warnings: Vec::new(),
     };
-    // Variables: configuration, then --var.
+    let vars = variables(&mut c, &mut doc, source, cli_vars);
+    let top = doc.as_object().cloned().unwrap_or_default();
+    let (title, description, tags) = metadata(&mut c, &top);
+    let runtime = runtime(&mut c, &top);
+    let (steady_state, method, rollbacks) = activities(&mut c, &top);
+    let exp = Experiment {
+        title,
+        description,
+        tags,
+        source: source.to_string(),
+        format: Format::Ctk,
+        vars,
+        runtime,
+        schedule: None,
+        hosts: BTreeMap::new(),
+        steady_state,
+        loads: Vec::new(),
+        method,
+        rollbacks,
+        aborts: Vec::new(),
+    };
+    if exp.planned_method() >= exp.runtime.max_duration {
+        c.err(None, "extensions[bulwark].max_duration", format!(
+            "the method needs {} but the hard maximum is {} (set it in a {{\"name\": \"bulwark\"}} extension)",
+            humantime::format_duration(exp.planned_method()),
+            humantime::format_duration(exp.runtime.max_duration)
+        ));
+    }
+    if c.problems.is_empty() {
+        Ok((exp, c.warnings))
+    } else {
+        Err(invalid(c.problems))
+    }
+}
+
+/// Variables: `configuration` (values, or `{"type": "env"}`), then `--var`; substituted into `doc`.
+fn variables(
+    c: &mut Ctx,
+    doc: &mut Value,
+    source: &str,
+    cli_vars: &BTreeMap<String, String>,
+) -> BTreeMap<String, String> {
+    let text = c.text;
+    let configuration = doc.as_object_mut().and_then(|m| m.remove("configuration"));
     let mut vars = BTreeMap::new();
-    if let Some(conf) = top.remove("configuration") {
+    if let Some(conf) = configuration {
         match conf {
             Value::Object(m) => {
                 for (k, v) in m {
@@ -134,7 +177,7 @@ pub fn parse(
         }
         vars.insert(k.clone(), v.clone());
     }
-    for u in substitute_json(&mut doc, &vars) {
+    for u in substitute_json(doc, &vars) {
         let line = text.find(&format!("${{{u}}}")).map(|at| line_of(text, at));
         c.err(
             line,
@@ -142,7 +185,11 @@ pub fn parse(
             format!("unknown variable {u:?}: add it to configuration or pass --var {u}=VALUE"),
         );
     }
-    let top = doc.as_object().cloned().unwrap_or_default();
+    vars
+}
+
+/// Title, description and tags; warnings for what is ignored, errors for what is not supported.
+fn metadata(c: &mut Ctx, top: &serde_json::Map<String, Value>) -> (String, String, Vec<String>) {
     const KNOWN: &[&str] = &[
         "version",
         "title",
@@ -195,6 +242,11 @@ pub fn parse(
     if top.get("controls").is_some() {
         c.warnings.push("controls are ignored".into());
     }
+    (title, description, tags)
+}
+
+/// `runtime` (rollback and hypothesis strategies) and the `bulwark` extension (seed, durations).
+fn runtime(c: &mut Ctx, top: &serde_json::Map<String, Value>) -> Runtime {
     let mut runtime = Runtime::default();
     if let Some(rt) = top.get("runtime") {
         if let Some(s) = rt.pointer("/rollbacks/strategy").and_then(Value::as_str) {
@@ -283,7 +335,14 @@ pub fn parse(
             }
         }
     }
+    runtime
+}
 
+/// The steady-state probes, the method and the rollbacks (`ref`s resolved in document order).
+fn activities(
+    c: &mut Ctx,
+    top: &serde_json::Map<String, Value>,
+) -> (Vec<Probe>, Vec<Activity>, Vec<Activity>) {
     let mut seen: Vec<Value> = Vec::new();
     let mut steady_state = Vec::new();
     if let Some(ssh) = top.get("steady-state-hypothesis") {
@@ -297,9 +356,9 @@ pub fn parse(
             .unwrap_or_default();
         for (i, p) in probes.iter().enumerate() {
             let path = format!("steady-state-hypothesis.probes[{i}]");
-            let p = resolve_ref(&mut c, p, &seen, &path);
+            let p = resolve_ref(c, p, &seen, &path);
             seen.push(p.clone());
-            if let Some(pr) = probe(&mut c, &p, &path) {
+            if let Some(pr) = probe(c, &p, &path) {
                 steady_state.push(pr);
             }
         }
@@ -311,9 +370,9 @@ pub fn parse(
             Some(Value::Array(a)) => {
                 for (i, act) in a.iter().enumerate() {
                     let path = format!("{section}[{i}]");
-                    let act = resolve_ref(&mut c, act, &seen, &path);
+                    let act = resolve_ref(c, act, &seen, &path);
                     seen.push(act.clone());
-                    if let Some(x) = activity(&mut c, &act, &path, section == "rollbacks") {
+                    if let Some(x) = activity(c, &act, &path, section == "rollbacks") {
                         out.push(x);
                     }
                 }
@@ -329,34 +388,7 @@ pub fn parse(
     }
     let rollbacks = lists.pop().unwrap_or_default();
     let method = lists.pop().unwrap_or_default();
-    let exp = Experiment {
-        title,
-        description,
-        tags,
-        source: source.to_string(),
-        format: Format::Ctk,
-        vars,
-        runtime,
-        schedule: None,
-        hosts: BTreeMap::new(),
-        steady_state,
-        loads: Vec::new(),
-        method,
-        rollbacks,
-        aborts: Vec::new(),
-    };
-    if exp.planned_method() >= exp.runtime.max_duration {
-        c.err(None, "extensions[bulwark].max_duration", format!(
-            "the method needs {} but the hard maximum is {} (set it in a {{\"name\": \"bulwark\"}} extension)",
-            humantime::format_duration(exp.planned_method()),
-            humantime::format_duration(exp.runtime.max_duration)
-        ));
-    }
-    if c.problems.is_empty() {
-        Ok((exp, c.warnings))
-    } else {
-        Err(invalid(c.problems))
-    }
+    (steady_state, method, rollbacks)
 }
 
 /// `{"ref": "name"}` → a copy of the earlier activity of that name.
