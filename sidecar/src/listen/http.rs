@@ -262,10 +262,15 @@ async fn handle_inner(
         .classify(&rt.listener, req.uri().path(), req.headers());
     let route: Arc<str> = rt.route_arc(route);
     let client = ClientId::from_request(&req, remote.ip());
-    let upstream: Arc<str> = match (&rt.fixed_upstream, rt.forward.upstream_of(&req)) {
-        (Some(u), Ok(_)) => u.clone(),
-        (None, Ok(a)) => Arc::from(a.as_str()),
-        (_, Err(e)) => return answer(&rt, &shared, &route, class, &Arc::from("-"), start, Err(e)),
+    // The upstream's name, for breakers, metrics and faults. Inbound it is fixed; outbound the
+    // request names it (the allow-list is enforced again where the request leaves, in
+    // `upstream::forward`, the one place that decides where a request goes).
+    let upstream: Arc<str> = match &rt.fixed_upstream {
+        Some(u) => u.clone(),
+        None => match rt.forward.upstream_of(&req) {
+            Ok(a) => Arc::from(a.as_str()),
+            Err(e) => return answer(&rt, &shared, &route, class, &Arc::from("-"), start, Err(e)),
+        },
     };
     let method = req.method().clone();
     let h = req.headers_mut();
