@@ -28,14 +28,9 @@ impl Run {
             return;
         }
         self.progress.step("steady state after the method");
-        match unless_signalled(&mut self.sig, run_all(&exp.steady_state, &self.ctx)).await {
-            Ok(results) => {
-                self.progress.probes("after", &results);
-                let c = check_of(self.ctx.now_s(), results);
-                self.deviated |= !c.met;
-                self.steady.after = Some(c);
-            }
-            Err(s) => self.end = Some(End::Interrupted(s)),
+        if let Some(c) = self.steady_state("after").await {
+            self.deviated |= !c.met;
+            self.steady.after = Some(c);
         }
     }
 }

@@ -101,18 +101,27 @@ impl Run {
             return;
         }
         self.progress.step("steady state before the method");
-        match unless_signalled(&mut self.sig, run_all(&exp.steady_state, &self.ctx)).await {
-            Ok(results) => {
-                self.progress.probes("before", &results);
-                let c = check_of(self.ctx.now_s(), results);
-                if !c.met {
-                    self.progress
-                        .say("steady state NOT met before the method: nothing will be injected");
-                    self.not_started = true;
-                }
-                self.steady.before = Some(c);
+        if let Some(c) = self.steady_state("before").await {
+            if !c.met {
+                self.progress
+                    .say("steady state NOT met before the method: nothing will be injected");
+                self.not_started = true;
             }
-            Err(s) => self.end = Some(End::Interrupted(s)),
+            self.steady.before = Some(c);
+        }
+    }
+
+    /// Runs the steady-state probes and shows them as `phase`; a signal ends the run instead.
+    pub(super) async fn steady_state(&mut self, phase: &str) -> Option<Check> {
+        match unless_signalled(&mut self.sig, run_all(&self.exp.steady_state, &self.ctx)).await {
+            Ok(results) => {
+                self.progress.probes(phase, &results);
+                Some(check_of(self.ctx.now_s(), results))
+            }
+            Err(s) => {
+                self.end = Some(End::Interrupted(s));
+                None
+            }
         }
     }
 }

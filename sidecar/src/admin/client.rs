@@ -194,44 +194,54 @@ fn default_http() -> Result<reqwest::Client, ClientError> {
         .map_err(ClientError::Build)
 }
 
+/// The constructors and accessors both clients share.
+macro_rules! endpoint_client {
+    ($client:ident) => {
+        impl $client {
+            /// A client with its own HTTP client (no proxy) and [`DEFAULT_TIMEOUT`].
+            pub fn new(base: &str) -> Result<Self, ClientError> {
+                Ok(Self::with_http(base, default_http()?))
+            }
+
+            /// A client sharing `http` (its connection pool and settings).
+            pub fn with_http(base: &str, http: reqwest::Client) -> Self {
+                Self {
+                    ep: Endpoint::new(base, http),
+                }
+            }
+
+            /// Bound of each call (connect, send, answer and body).
+            pub fn timeout(mut self, timeout: Duration) -> Self {
+                self.ep.timeout = timeout;
+                self
+            }
+
+            /// The base address, without a trailing `/`.
+            pub fn base(&self) -> &str {
+                &self.ep.base
+            }
+
+            /// The full URL of a path (for messages).
+            pub fn url(&self, path: &str) -> String {
+                self.ep.url(path)
+            }
+        }
+    };
+}
+
 /// Client of one sidecar's admin API (`http://127.0.0.11:9901`).
 #[derive(Clone, Debug)]
 pub struct AdminClient {
     ep: Endpoint,
 }
 
+endpoint_client!(AdminClient);
+
 impl AdminClient {
-    /// A client with its own HTTP client (no proxy) and [`DEFAULT_TIMEOUT`].
-    pub fn new(base: &str) -> Result<Self, ClientError> {
-        Ok(Self::with_http(base, default_http()?))
-    }
-
-    /// A client sharing `http` (its connection pool and settings).
-    pub fn with_http(base: &str, http: reqwest::Client) -> Self {
-        Self {
-            ep: Endpoint::new(base, http),
-        }
-    }
-
     /// Sends `Authorization: Bearer <token>` (needed when the admin listener is not on loopback).
     pub fn bearer(mut self, token: impl Into<String>) -> Self {
         self.ep.token = Some(token.into());
         self
-    }
-
-    pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.ep.timeout = timeout;
-        self
-    }
-
-    /// The base address, without a trailing `/`.
-    pub fn base(&self) -> &str {
-        &self.ep.base
-    }
-
-    /// The full URL of an admin path (for messages).
-    pub fn url(&self, path: &str) -> String {
-        self.ep.url(path)
     }
 
     /// `POST /faults`: the fault as the server now lists it.
@@ -345,30 +355,9 @@ pub struct ToxiproxyClient {
     ep: Endpoint,
 }
 
+endpoint_client!(ToxiproxyClient);
+
 impl ToxiproxyClient {
-    pub fn new(base: &str) -> Result<Self, ClientError> {
-        Ok(Self::with_http(base, default_http()?))
-    }
-
-    pub fn with_http(base: &str, http: reqwest::Client) -> Self {
-        Self {
-            ep: Endpoint::new(base, http),
-        }
-    }
-
-    pub fn timeout(mut self, timeout: Duration) -> Self {
-        self.ep.timeout = timeout;
-        self
-    }
-
-    pub fn base(&self) -> &str {
-        &self.ep.base
-    }
-
-    pub fn url(&self, path: &str) -> String {
-        self.ep.url(path)
-    }
-
     /// `GET /proxies`: proxies by name.
     pub async fn proxies(&self) -> Result<BTreeMap<String, ProxyInfo>, ClientError> {
         self.ep.json(Method::GET, "/proxies", None).await
