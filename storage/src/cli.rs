@@ -85,8 +85,16 @@ pub enum Cmd {
         #[command(flatten)]
         data: DataDir,
     },
-    /// Show the node's identity.
+    /// Show the node's identity (with its build's version and binary digest).
     Id,
+    /// The node's build: version and SHA-256 of its running binary (as `sha256sum` prints it).
+    Version {
+        /// This command's own binary instead of the node's (no node needed).
+        #[arg(long)]
+        local: bool,
+        #[command(flatten)]
+        format: FormatArg,
+    },
     /// Cluster peers.
     Peers {
         #[command(subcommand)]
@@ -346,8 +354,11 @@ pub fn parse_size_arg(s: &str) -> Result<String, String> {
 
 #[derive(Subcommand, Debug)]
 pub enum PeersCmd {
-    /// List cluster peers and whether they are reachable.
-    Ls,
+    /// List cluster peers, whether they are reachable, and which are transient.
+    Ls {
+        #[command(flatten)]
+        format: FormatArg,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -412,6 +423,9 @@ pub struct ConfigFlags {
     /// Send peer traffic through this HTTP proxy (the local sidecar's outbound listener).
     #[arg(long)]
     pub outbound_proxy: Option<String>,
+    /// Run as a transient member: no pin allocations, leaves the cluster cleanly on SIGTERM.
+    #[arg(long)]
+    pub transient: bool,
     /// Default minimum replication of new pins (-1 = every peer).
     #[arg(long, allow_negative_numbers = true)]
     pub replication_min: Option<i32>,
@@ -471,6 +485,9 @@ impl ConfigFlags {
         }
         if !self.peerset.is_empty() {
             c.peer.peerset = self.peerset.clone();
+        }
+        if self.transient {
+            c.peer.transient = true;
         }
         if let Some(v) = self.replication_min {
             c.cluster.replication_factor_min = v;

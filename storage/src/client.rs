@@ -123,7 +123,10 @@ pub async fn run(cli: &Cli) -> R<()> {
     let out = &mut out;
     match &cli.cmd {
         Cmd::Id => line(out, pretty(&json(rpc(cli, "id", &[]).await?).await?)),
-        Cmd::Peers { cmd: PeersCmd::Ls } => peers_ls(cli, out).await,
+        Cmd::Version { local, format } => version(cli, out, *local, format.json()).await,
+        Cmd::Peers {
+            cmd: PeersCmd::Ls { format },
+        } => peers_ls(cli, out, format.json()).await,
         Cmd::Add {
             file,
             cid_version,
@@ -200,23 +203,56 @@ pub async fn run(cli: &Cli) -> R<()> {
     }
 }
 
-/// `peers ls`: one line per cluster peer, up or down with its error.
-async fn peers_ls(cli: &Cli, out: &mut Out<'_>) -> R<()> {
+/// `version`: the node's build (Kubo RPC `version`), or with `--local` this binary's own.
+async fn version(cli: &Cli, out: &mut Out<'_>, local: bool, as_json: bool) -> R<()> {
+    let v = if local {
+        let b = tokio::task::spawn_blocking(crate::build::identity)
+            .await
+            .map_err(|e| Failure::new(exit::FAILED, format!("digest task: {e}")))?;
+        serde_json::json!({ "BuildVersion": b.version, "BinaryDigest": b.digest })
+    } else {
+        json(rpc(cli, "version", &[]).await?).await?
+    };
+    if as_json {
+        return line(out, pretty(&v));
+    }
+    let mut s = format!(
+        "bulwark-storage {} binary-sha256 {}",
+        v["BuildVersion"].as_str().unwrap_or("?"),
+        v["BinaryDigest"].as_str().unwrap_or("?")
+    );
+    if let Some(k) = v["Version"].as_str() {
+        s.push_str(&format!(" (kubo-rpc {k})"));
+    }
+    line(out, s)
+}
+
+/// `peers ls`: one line per cluster peer, up or down with its error, `| transient` for transient
+/// members; `--format json`: the Cluster `/peers` answers (with digests) as one JSON array.
+async fn peers_ls(cli: &Cli, out: &mut Out<'_>, as_json: bool) -> R<()> {
     let resp = cluster(cli, reqwest::Method::GET, "/peers", &[]).await?;
-    for p in ndjson(resp).await? {
+    let peers = ndjson(resp).await?;
+    if as_json {
+        return line(out, pretty(&Value::Array(peers)));
+    }
+    for p in peers {
         let err = p["error"].as_str().unwrap_or("");
         let state = if err.is_empty() {
             "up".to_string()
         } else {
             format!("DOWN: {err}")
         };
+        let transient = if p["transient"].as_bool() == Some(true) {
+            " | transient"
+        } else {
+            ""
+        };
         line(
             out,
             format!(
-                "{} | {} | {}",
+                "{} | {} | {state}{transient}",
                 p["id"].as_str().unwrap_or(""),
                 p["peername"].as_str().unwrap_or(""),
-                state
             ),
         )?;
     }

@@ -120,6 +120,11 @@ pub struct PeerConfig {
     /// Deadline of one node-to-node request.
     #[serde(with = "humantime_serde")]
     pub request_timeout: Duration,
+    /// Run as a transient member (a canary candidate, a short-lived helper): a full member for
+    /// reads, writes and membership, but never allocated pins or block placements, and it tells its
+    /// peers it is leaving when stopped with SIGTERM, so they drop it at once instead of reporting
+    /// it down. Needs `bootstrap` or `peerset`: a transient node joins an existing cluster.
+    pub transient: bool,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -170,6 +175,7 @@ impl Default for PeerConfig {
             sync_interval: Duration::from_millis(500),
             peer_timeout: Duration::from_secs(3),
             request_timeout: Duration::from_secs(5),
+            transient: false,
         }
     }
 }
@@ -241,6 +247,12 @@ impl Config {
             if let Err(e) = crate::peer::PeerAddr::parse(a) {
                 return bad(format!("peer address {a:?}: {e}"));
             }
+        }
+        if p.transient && p.bootstrap.is_empty() && p.peerset.is_empty() {
+            return bad(
+                "peer.transient needs peer.bootstrap or peer.peerset: a transient member joins an existing cluster"
+                    .into(),
+            );
         }
         if let Some(a) = &p.outbound_proxy {
             if let Err(e) = crate::peer::PeerAddr::parse(a) {
@@ -332,6 +344,16 @@ mod tests {
         let mut c = Config::default();
         c.peer.peer_timeout = c.peer.sync_interval;
         assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn transient_needs_a_cluster_to_join() {
+        let mut c: Config = toml::from_str("[peer]\ntransient = true\n").unwrap();
+        let e = c.validate().unwrap_err().to_string();
+        assert!(e.contains("peer.transient needs peer.bootstrap"), "{e}");
+        c.peer.bootstrap = vec!["127.0.0.1:9096".into()];
+        c.validate().unwrap();
+        assert!(c.to_toml().contains("transient = true"));
     }
 
     #[test]

@@ -38,6 +38,11 @@ pub fn open(data: &Path, cfg: Config) -> anyhow::Result<Arc<Node>> {
 
 pub async fn run(node: Arc<Node>) -> anyhow::Result<()> {
     let cfg = node.cfg.clone();
+    // The build's digest is computed once, before anything answers, so `version` never reports a
+    // binary installed after this process started.
+    let build = tokio::task::spawn_blocking(crate::build::identity)
+        .await
+        .context("computing the binary digest")?;
     let bind = |addr: SocketAddr, what: &'static str| async move {
         TcpListener::bind(addr)
             .await
@@ -53,7 +58,7 @@ pub async fn run(node: Arc<Node>) -> anyhow::Result<()> {
     tracing::info!(
         peer_id = %node.me(), rpc = %cfg.api.rpc, gateway = %cfg.api.gateway, cluster = %cfg.api.cluster,
         peer = %cfg.peer.listen, nbd = %cfg.block.nbd, advertise = %cfg.advertise(), swarm_key = %node.key.fingerprint(),
-        "storage node ready"
+        version = build.version, binary_digest = %build.digest, "storage node ready"
     );
     tokio::spawn(crate::tracker::run(node.clone()));
     tokio::spawn(crate::sync::run(node.clone()));

@@ -7,6 +7,7 @@ pub mod api;
 pub mod block;
 pub mod block_client;
 pub mod brownout;
+pub mod build;
 pub mod cli;
 pub mod client;
 pub mod config;

@@ -59,6 +59,33 @@ pub struct Member {
     pub known_since: Instant,
     /// The peer's going down has been logged (so it is logged once per outage).
     pub reported_down: bool,
+    /// A transient member: no pin allocations, no block placements (from its greetings).
+    pub transient: bool,
+    /// The incarnation (process start, Unix ms) of the last greeting received from the peer
+    /// itself; 0 when only known second-hand.
+    pub incarnation: u64,
+    /// Build identity the peer announced (empty for older nodes or before its first greeting).
+    pub digest: String,
+    pub version: String,
+}
+
+impl Member {
+    /// A member known only by its address so far (from the store, a peer, or a bootstrap list).
+    pub fn fresh(addr: &str, host: &str, now: Instant) -> Self {
+        Member {
+            addr: addr.to_string(),
+            host: host.to_string(),
+            peername: String::new(),
+            last_seen: None,
+            last_error: String::new(),
+            known_since: now,
+            reported_down: false,
+            transient: false,
+            incarnation: 0,
+            digest: String::new(),
+            version: String::new(),
+        }
+    }
 }
 
 pub struct Node {
@@ -77,6 +104,8 @@ pub struct Node {
     clock: Mutex<Clock>,
     pub tracker_wake: Notify,
     pub started: Instant,
+    /// This process's incarnation: its start time, Unix ms (see [`Hello::incarnation`]).
+    pub incarnation: u64,
 }
 
 impl Node {
@@ -97,18 +126,7 @@ impl Node {
         let mut members = HashMap::new();
         for (id, addr, host) in store.members()? {
             if id != ident.peer_id {
-                members.insert(
-                    id,
-                    Member {
-                        addr,
-                        host,
-                        peername: String::new(),
-                        last_seen: None,
-                        last_error: String::new(),
-                        known_since: now,
-                        reported_down: false,
-                    },
-                );
+                members.insert(id, Member::fresh(&addr, &host, now));
             }
         }
         let mut pending = Vec::new();
@@ -141,6 +159,7 @@ impl Node {
             clock: Mutex::new(max_clock),
             tracker_wake: Notify::new(),
             started: now,
+            incarnation: now_millis(),
         }))
     }
 
@@ -201,18 +220,28 @@ impl Node {
     }
 
     pub fn hello(&self) -> Hello {
-        let mut members: Vec<(String, String)> = self
-            .members()
-            .into_iter()
-            .map(|(id, m)| (id, m.addr))
+        let all = self.members();
+        let mut transient_members: Vec<String> = all
+            .iter()
+            .filter(|(_, m)| m.transient)
+            .map(|(id, _)| id.clone())
             .collect();
+        transient_members.sort();
+        let mut members: Vec<(String, String)> =
+            all.into_iter().map(|(id, m)| (id, m.addr)).collect();
         members.sort();
+        let build = crate::build::identity();
         Hello {
             id: self.me().to_string(),
             addr: self.cfg.advertise(),
             peername: self.peername(),
             members,
             host: self.cfg.block_host(),
+            transient: self.cfg.peer.transient,
+            transient_members,
+            incarnation: self.incarnation,
+            digest: build.digest.clone(),
+            version: build.version.to_string(),
         }
     }
 
@@ -232,15 +261,7 @@ impl Node {
             return;
         }
         let now = Instant::now();
-        let fresh = |addr: &str| Member {
-            addr: addr.to_string(),
-            host: crate::config::host_of(addr),
-            peername: String::new(),
-            last_seen: None,
-            last_error: String::new(),
-            known_since: now,
-            reported_down: false,
-        };
+        let fresh = |addr: &str| Member::fresh(addr, &crate::config::host_of(addr), now);
         let (came_up, dirty) = {
             let mut ms = self.members.write().expect("members lock");
             let mut dirty = !ms.contains_key(&hello.id);
@@ -255,12 +276,18 @@ impl Node {
                 dirty = true;
             }
             m.peername = hello.peername.clone();
+            m.transient = hello.transient;
+            m.incarnation = hello.incarnation;
+            m.digest = hello.digest.clone();
+            m.version = hello.version.clone();
             m.last_seen = Some(now);
             m.last_error.clear();
             m.reported_down = false;
             for (id, addr) in &hello.members {
                 if id != self.me() && !ms.contains_key(id) && self.admits(id, addr) {
-                    ms.insert(id.clone(), fresh(addr));
+                    let mut m = fresh(addr);
+                    m.transient = hello.transient_members.contains(id);
+                    ms.insert(id.clone(), m);
                     dirty = true;
                     tracing::info!(peer = %id, %addr, "learnt of a new cluster peer");
                 }

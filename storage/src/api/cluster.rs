@@ -27,12 +27,7 @@ type Res = Result<Response, Cluster>;
 pub fn router(node: Arc<Node>) -> Router {
     Router::new()
         .route("/id", get(id))
-        .route(
-            "/version",
-            get(|| async {
-                Json(json!({ "version": format!("{CLUSTER_COMPAT_VERSION}+{AGENT}") }))
-            }),
-        )
+        .route("/version", get(version))
         .route("/peers", get(peers))
         .route("/add", post(add))
         .route("/pins", get(list_pins))
@@ -74,21 +69,29 @@ fn pin_json(e: &PinEntry) -> Value {
     })
 }
 
-fn id_json(
-    node: &Node,
-    id: &str,
-    addr: &str,
-    peername: &str,
-    error: &str,
-    cluster_peers: &[String],
-) -> Value {
-    let ma = PeerAddr::multiaddr(addr, id);
+/// One peer as `/id` and `/peers` show it.
+struct PeerView<'a> {
+    id: &'a str,
+    addr: &'a str,
+    peername: &'a str,
+    error: &'a str,
+    /// A transient member: takes part in membership, receives no pin allocations.
+    transient: bool,
+    /// SHA-256 of the peer's running binary, as it announced it (empty when unknown).
+    digest: &'a str,
+    version: &'a str,
+}
+
+fn id_json(node: &Node, p: &PeerView, cluster_peers: &[String]) -> Value {
+    let ma = PeerAddr::multiaddr(p.addr, p.id);
     json!({
-        "id": id, "addresses": [ma], "cluster_peers": cluster_peers,
+        "id": p.id, "addresses": [ma], "cluster_peers": cluster_peers,
         "cluster_peers_addresses": [], "version": format!("{CLUSTER_COMPAT_VERSION}+{AGENT}"),
-        "commit": "", "rpc_protocol_version": "/bulwark/peer/1.0.0", "error": error,
-        "ipfs": { "id": id, "addresses": [ma], "error": error }, "peername": peername,
-        "uptime_ms": if id == node.me() { node.uptime_ms() } else { 0 },
+        "commit": "", "rpc_protocol_version": "/bulwark/peer/1.0.0", "error": p.error,
+        "ipfs": { "id": p.id, "addresses": [ma], "error": p.error }, "peername": p.peername,
+        "uptime_ms": if p.id == node.me() { node.uptime_ms() } else { 0 },
+        // Bulwark's additions (Cluster clients ignore unknown fields).
+        "transient": p.transient, "binary_digest": p.digest, "build_version": p.version,
     })
 }
 
@@ -99,27 +102,40 @@ fn cluster_peers(node: &Node) -> Vec<String> {
     v
 }
 
+fn self_view(node: &Node) -> (String, String) {
+    (node.cfg.advertise(), node.peername())
+}
+
+fn me_json(node: &Node, all: &[String]) -> Value {
+    let (addr, name) = self_view(node);
+    let b = crate::build::identity();
+    let me = PeerView {
+        id: node.me(),
+        addr: &addr,
+        peername: &name,
+        error: "",
+        transient: node.cfg.peer.transient,
+        digest: &b.digest,
+        version: b.version,
+    };
+    id_json(node, &me, all)
+}
+
 async fn id(State(node): State<Arc<Node>>) -> Json<Value> {
-    Json(id_json(
-        &node,
-        node.me(),
-        &node.cfg.advertise(),
-        &node.peername(),
-        "",
-        &cluster_peers(&node),
-    ))
+    Json(me_json(&node, &cluster_peers(&node)))
+}
+
+async fn version() -> Json<Value> {
+    let b = crate::build::identity();
+    Json(json!({
+        "version": format!("{CLUSTER_COMPAT_VERSION}+{AGENT}"),
+        "build_version": b.version, "binary_digest": b.digest,
+    }))
 }
 
 async fn peers(State(node): State<Arc<Node>>) -> Response {
     let all = cluster_peers(&node);
-    let mut out = vec![id_json(
-        &node,
-        node.me(),
-        &node.cfg.advertise(),
-        &node.peername(),
-        "",
-        &all,
-    )];
+    let mut out = vec![me_json(&node, &all)];
     let mut ms: Vec<_> = node.members().into_iter().collect();
     ms.sort_by(|a, b| a.0.cmp(&b.0));
     for (id, m) in ms {
@@ -130,7 +146,16 @@ async fn peers(State(node): State<Arc<Node>>) -> Response {
         } else {
             m.last_error.clone()
         };
-        out.push(id_json(&node, &id, &m.addr, &m.peername, &err, &all));
+        let view = PeerView {
+            id: &id,
+            addr: &m.addr,
+            peername: &m.peername,
+            error: &err,
+            transient: m.transient,
+            digest: &m.digest,
+            version: &m.version,
+        };
+        out.push(id_json(&node, &view, &all));
     }
     stream(&out)
 }

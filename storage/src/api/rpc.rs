@@ -433,6 +433,7 @@ async fn id(State(node): State<Arc<Node>>, q: Args) -> Res {
             return Ok(json_value(json!({
                 "ID": peer, "PublicKey": "", "Addresses": [PeerAddr::multiaddr(&m.addr, peer)],
                 "AgentVersion": AGENT, "Protocols": ["/bulwark/peer/1.0.0"],
+                "BinaryDigest": m.digest, "BuildVersion": m.version,
             })));
         }
     }
@@ -442,6 +443,9 @@ async fn id(State(node): State<Arc<Node>>, q: Args) -> Res {
         "Addresses": [PeerAddr::multiaddr(&node.cfg.advertise(), node.me())],
         "AgentVersion": AGENT,
         "Protocols": ["/bulwark/peer/1.0.0"],
+        // Bulwark's additions (Kubo clients ignore unknown fields): the build's identity.
+        "BinaryDigest": crate::build::identity().digest,
+        "BuildVersion": crate::build::VERSION,
     })))
 }
 
@@ -450,6 +454,9 @@ async fn version() -> Response {
         "Version": KUBO_COMPAT_VERSION, "Commit": "", "Repo": "16",
         "System": format!("{}/{}", std::env::consts::ARCH, std::env::consts::OS),
         "Golang": concat!("none (", env!("CARGO_PKG_NAME"), " ", env!("CARGO_PKG_VERSION"), ", Rust)"),
+        // Bulwark's additions: `Version` stays the Kubo contract; these name the running build.
+        "BuildVersion": crate::build::VERSION,
+        "BinaryDigest": crate::build::identity().digest,
     }))
 }
 

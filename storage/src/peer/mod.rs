@@ -79,6 +79,25 @@ pub struct Hello {
     /// Failure-domain label for block placement (absent from older nodes).
     #[serde(default)]
     pub host: String,
+    /// The sender is a transient member: it gets no pin allocations and no block placements, and
+    /// says goodbye when it stops. Every field below is absent from older nodes (so `default`):
+    /// a canary runs builds of different ages side by side, and their greetings must still parse.
+    #[serde(default)]
+    pub transient: bool,
+    /// Members of `members` the sender knows to be transient, so a member learnt second-hand is
+    /// never taken for an allocation target before it greets us itself.
+    #[serde(default)]
+    pub transient_members: Vec<String>,
+    /// When the sender's process started (Unix ms): a goodbye names the incarnation that left, so a
+    /// greeting still in flight from it cannot bring it back, while a restarted process can.
+    #[serde(default)]
+    pub incarnation: u64,
+    /// SHA-256 of the sender's running binary (see [`crate::build`]).
+    #[serde(default)]
+    pub digest: String,
+    /// The sender's build version.
+    #[serde(default)]
+    pub version: String,
 }
 
 /// One page of a peer's pinset feed.
