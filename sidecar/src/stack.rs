@@ -106,40 +106,29 @@ fn target(listener: &ListenerConfig) -> Option<Target> {
 
 /// Query-of-death probe targets. A fresh connection per probe (`max_idle` 0): a pooled connection
 /// to a canary that crashed since would fail the next probe for the wrong reason.
-fn canaries(listener: &ListenerConfig) -> Vec<Canary> {
-    listener
-        .canaries
-        .iter()
-        .filter_map(|c| {
-            Some(Canary {
-                addr: Arc::from(c.as_str()),
-                forward: Forward::with_pool(
-                    Target::Fixed(c.parse().ok()?),
-                    listener.connect_timeout,
-                    0,
-                    listener.upstream_buffer_bytes,
-                ),
-            })
-        })
+fn canaries(l: &ListenerConfig) -> Vec<Canary> {
+    let fresh = |t| Forward::with_pool(t, l.connect_timeout, 0, l.upstream_buffer_bytes);
+    forwards(&l.canaries, fresh)
+        .map(|(addr, forward)| Canary { addr, forward })
         .collect()
 }
 
 /// Peer sidecars that reads fail over to when the local node cannot answer.
-fn failover_peers(listener: &ListenerConfig) -> Vec<Peer> {
-    listener
-        .failover
-        .iter()
-        .filter_map(|f| {
-            Some(Peer {
-                addr: Arc::from(f.as_str()),
-                forward: Forward::new(
-                    Target::Fixed(f.parse().ok()?),
-                    listener.connect_timeout,
-                    listener.upstream_buffer_bytes,
-                ),
-            })
-        })
+fn failover_peers(l: &ListenerConfig) -> Vec<Peer> {
+    let pooled = |t| Forward::new(t, l.connect_timeout, l.upstream_buffer_bytes);
+    forwards(&l.failover, pooled)
+        .map(|(addr, forward)| Peer { addr, forward })
         .collect()
+}
+
+/// An upstream client per address (unparsable ones are skipped: validation refused them).
+fn forwards<'a>(
+    addrs: &'a [String],
+    make: impl Fn(Target) -> Forward + 'a,
+) -> impl Iterator<Item = (Arc<str>, Forward)> + 'a {
+    addrs
+        .iter()
+        .filter_map(move |a| Some((Arc::from(a.as_str()), make(Target::Fixed(a.parse().ok()?)))))
 }
 
 /// A listener's stateful policy layers. A reload keeps each one (its limiter state, in-flight count,

@@ -110,17 +110,8 @@ pub async fn serve(
         listener: name.clone(),
     };
     loop {
-        let (stream, remote) = tokio::select! {
-            r = tcp.accept() => match r {
-                Ok(v) => v,
-                Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!(listener = %name, error = %e, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = shutdown.changed() => break,
+        let Some((stream, remote)) = super::accept(&tcp, &name, &mut shutdown).await else {
+            break;
         };
         let _ = stream.set_nodelay(true);
         shared.metrics.connections.get_or_create(&labels).inc();

@@ -17,16 +17,8 @@ pub async fn serve(
         listener: name.clone(),
     };
     loop {
-        let (mut down, remote) = tokio::select! {
-            r = tcp.accept() => match r {
-                Ok(v) => v,
-                Err(e) => {
-                    tracing::warn!(listener = %name, error = %e, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = shutdown.changed() => break,
+        let Some((mut down, remote)) = super::accept(&tcp, &name, &mut shutdown).await else {
+            break;
         };
         shared.metrics.connections.get_or_create(&labels).inc();
         let cfg = shared.config.load_full();
