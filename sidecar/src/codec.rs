@@ -145,7 +145,7 @@ pub fn is_hop_by_hop(name: &HeaderName) -> bool {
 
 /// The next piece of a body framed by `dec` out of `buf`, reading more with `fill` (which gets
 /// the room it should make) when what is buffered does not finish a piece. Shared by answers read
-/// from upstreams and request bodies read from clients (`server.rs`).
+/// from upstreams (`upstream/h1.rs`) and request bodies read from clients (`listen/h1.rs`).
 pub(crate) fn poll_decode(
     buf: &mut BytesMut,
     dec: &mut Decoder,

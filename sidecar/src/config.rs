@@ -193,7 +193,7 @@ pub struct ListenerConfig {
     #[serde(default = "default_max_header_bytes")]
     pub max_header_bytes: usize,
     /// Largest response head accepted from the upstream and largest single body read, bytes (a
-    /// bigger head is a 502). Unset: heads up to 408 KiB, body reads of up to 64 KiB (`proxy/h1.rs`).
+    /// bigger head is a 502). Unset: heads up to 408 KiB, body reads of up to 64 KiB (`upstream/h1.rs`).
     /// Smaller bounds the memory an in-flight answer holds, at more system calls per large body.
     #[serde(default)]
     pub upstream_buffer_bytes: Option<usize>,

@@ -1,4 +1,4 @@
-//! HTTP listeners: HTTP/1.1 on the sidecar's own codec (`h1/server.rs`), h2c (detected by its
+//! HTTP listeners: HTTP/1.1 on the sidecar's own codec (`listen/h1.rs`), h2c (detected by its
 //! preface) on hyper's HTTP/2 server, both with a header deadline and size cap; and the per-request edge: classify, tag with request id and trace context, run the
 //! policy stack of the listener's *current* configuration, answer failures, record metrics.
 //!
