@@ -359,6 +359,12 @@ pub enum PeersCmd {
         #[command(flatten)]
         format: FormatArg,
     },
+    /// Remove a member for good: every node forgets it, its pins are re-allocated, and that
+    /// identity is refused from then on (re-initialise the node to join again).
+    Rm {
+        /// The member's peer ID (see `peers ls`).
+        peer_id: String,
+    },
 }
 
 #[derive(Subcommand, Debug)]

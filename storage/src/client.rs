@@ -127,6 +127,13 @@ pub async fn run(cli: &Cli) -> R<()> {
         Cmd::Peers {
             cmd: PeersCmd::Ls { format },
         } => peers_ls(cli, out, format.json()).await,
+        Cmd::Peers {
+            cmd: PeersCmd::Rm { peer_id },
+        } => {
+            let path = format!("/peers/{peer_id}");
+            cluster(cli, reqwest::Method::DELETE, &path, &[]).await?;
+            line(out, format!("removed {peer_id}"))
+        }
         Cmd::Add {
             file,
             cid_version,

@@ -103,6 +103,10 @@ pub async fn run(node: Arc<Node>) -> anyhow::Result<()> {
     let provider = Arc::new(crate::block::export::Exports(block.clone()));
     let nbd_task = tokio::spawn(crate::block::nbd::serve(nbd, provider, nbd_rx));
     shutdown.await;
+    if node.cfg.peer.transient {
+        // Before the listeners close: peers drop this member at once instead of reporting it down.
+        node.leave().await;
+    }
     tracing::info!("shutting down: no new connections, finishing in-flight requests");
     let _ = tx.send(());
     let _ = nbd_stop.send(true);

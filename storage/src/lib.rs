@@ -12,6 +12,7 @@ pub mod cli;
 pub mod client;
 pub mod config;
 pub mod daemon;
+pub mod departure;
 pub mod identity;
 pub mod ingest;
 pub mod node;

@@ -2,6 +2,7 @@
 //! swarm key and the membership view, and implements the operations the APIs expose.
 
 use crate::config::{check_replication, Config};
+use crate::departure::{Departure, Refusal};
 use crate::identity::Identity;
 use crate::peer::client::{PeerClient, PeerError};
 use crate::peer::{auth::ReplayGuard, Hello, PeerAddr};
@@ -16,6 +17,7 @@ use bytes::Bytes;
 use futures::future::BoxFuture;
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 use tokio::sync::Notify;
@@ -44,6 +46,9 @@ pub enum NodeError {
     TooLarge(String),
     #[error("{0}")]
     Io(String),
+    /// A peer ID that is not a member (`peers rm`, `id?arg=`).
+    #[error("{0}")]
+    UnknownPeer(String),
 }
 
 /// What this node knows of another member.
@@ -98,9 +103,18 @@ pub struct Node {
     /// Refused peer requests, logged once a minute per source address.
     pub refusals: crate::peer::loglimit::LogLimiter,
     pub data_dir: PathBuf,
-    members: RwLock<HashMap<String, Member>>,
+    pub(crate) members: RwLock<HashMap<String, Member>>,
     /// Bootstrap/peerset addresses whose peer ID we have not learnt yet.
     pending: Mutex<Vec<String>>,
+    /// Tombstones of members that left or were removed ([`crate::departure`]).
+    pub(crate) departed: RwLock<HashMap<String, Departure>>,
+    /// Set once a transient member starts saying goodbye: it greets nobody any more.
+    pub(crate) leaving: AtomicBool,
+    /// Some pin may still be allocated to a departed peer: the coordinator looks (see
+    /// [`crate::departure::reallocate_departed`]); cleared after a round that found nothing stuck.
+    pub(crate) realloc_due: AtomicBool,
+    /// "Cannot re-allocate" is logged once a minute per pin, not every round.
+    pub(crate) realloc_log: crate::peer::loglimit::LogLimiter,
     clock: Mutex<Clock>,
     pub tracker_wake: Notify,
     pub started: Instant,
@@ -123,9 +137,15 @@ impl Node {
             cfg.peer.outbound_proxy.as_deref(),
         );
         let now = Instant::now();
+        let departed: HashMap<String, Departure> = store
+            .departures()?
+            .into_iter()
+            .filter(|d| d.current(now_millis()))
+            .map(|d| (d.id.clone(), d))
+            .collect();
         let mut members = HashMap::new();
         for (id, addr, host) in store.members()? {
-            if id != ident.peer_id {
+            if id != ident.peer_id && !departed.contains_key(&id) {
                 members.insert(id, Member::fresh(&addr, &host, now));
             }
         }
@@ -156,6 +176,10 @@ impl Node {
             data_dir,
             members: RwLock::new(members),
             pending: Mutex::new(pending),
+            realloc_due: AtomicBool::new(!departed.is_empty()),
+            departed: RwLock::new(departed),
+            leaving: AtomicBool::new(false),
+            realloc_log: crate::peer::loglimit::LogLimiter::new(std::time::Duration::from_secs(60)),
             clock: Mutex::new(max_clock),
             tracker_wake: Notify::new(),
             started: now,
@@ -219,6 +243,29 @@ impl Node {
         v
     }
 
+    /// The peers new allocations may go to: live and not transient (this node first when it
+    /// qualifies, as [`allocate`] prefers it). Every node computes the same set from its own view.
+    pub fn allocatable_peers(&self) -> Vec<String> {
+        let mut v = Vec::new();
+        if !self.cfg.peer.transient {
+            v.push(self.me().to_string());
+        }
+        let mut others: Vec<String> = self
+            .members()
+            .into_iter()
+            .filter(|(_, m)| self.is_live(m) && !m.transient)
+            .map(|(id, _)| id)
+            .collect();
+        others.sort();
+        v.extend(others);
+        v
+    }
+
+    /// Whether this node must hold `e` (see [`PinEntry::holds`]).
+    pub fn allocated_here(&self, e: &PinEntry) -> bool {
+        e.holds(self.me(), self.cfg.peer.transient)
+    }
+
     pub fn hello(&self) -> Hello {
         let all = self.members();
         let mut transient_members: Vec<String> = all
@@ -242,6 +289,7 @@ impl Node {
             incarnation: self.incarnation,
             digest: build.digest.clone(),
             version: build.version.to_string(),
+            departed: self.departures(),
         }
     }
 
@@ -255,11 +303,22 @@ impl Node {
                 .any(|pa| pa.id.as_deref() == Some(id) || (pa.id.is_none() && pa.host_port == addr))
     }
 
-    /// Records a successful exchange with a peer (and the peers it told us about).
-    pub fn saw_peer(&self, hello: &Hello, reached_at: Option<&str>) {
+    /// Records a successful exchange with a peer (and the peers it told us about, and the
+    /// departures it knows). Refused when the peer was removed, or is the incarnation that left.
+    pub fn saw_peer(&self, hello: &Hello, reached_at: Option<&str>) -> Result<(), Refusal> {
         if hello.id == self.me() {
-            return;
+            return Ok(());
         }
+        self.check_greeting(&hello.id, hello.incarnation)?;
+        self.apply_departures(&hello.departed);
+        // Snapshot first: `departed` is never locked while `members` is (lock order).
+        let gone: std::collections::HashSet<String> = self
+            .departed
+            .read()
+            .expect("departed lock")
+            .keys()
+            .cloned()
+            .collect();
         let now = Instant::now();
         let fresh = |addr: &str| Member::fresh(addr, &crate::config::host_of(addr), now);
         let (came_up, dirty) = {
@@ -284,7 +343,11 @@ impl Node {
             m.last_error.clear();
             m.reported_down = false;
             for (id, addr) in &hello.members {
-                if id != self.me() && !ms.contains_key(id) && self.admits(id, addr) {
+                if id != self.me()
+                    && !ms.contains_key(id)
+                    && self.admits(id, addr)
+                    && !gone.contains(id)
+                {
                     let mut m = fresh(addr);
                     m.transient = hello.transient_members.contains(id);
                     ms.insert(id.clone(), m);
@@ -317,6 +380,7 @@ impl Node {
                 }
             });
         }
+        Ok(())
     }
 
     /// Records a failed exchange; the transition to "down" is logged once, not every round.
@@ -444,6 +508,14 @@ impl Node {
         let changed = self.db(move |s| s.merge_pins(&entries)).await?;
         if !changed.is_empty() {
             self.tracker_wake.notify_one();
+            // A pin made concurrently with a departure, by a node that had not heard of it yet.
+            let deps = self.departed.read().expect("departed lock");
+            if changed
+                .iter()
+                .any(|e| e.allocations.iter().any(|a| deps.contains_key(a)))
+            {
+                self.realloc_due.store(true, Ordering::Relaxed);
+            }
         }
         Ok(changed)
     }
@@ -486,7 +558,14 @@ impl Node {
             .as_ref()
             .map(|e| e.allocations.clone())
             .unwrap_or_default();
-        let allocations = allocate(&key, min, max, &current, &self.live_peers(), self.me())?;
+        let allocations = allocate(
+            &key,
+            min,
+            max,
+            &current,
+            &self.allocatable_peers(),
+            self.me(),
+        )?;
         let entry = PinEntry {
             cid: key,
             name: name
@@ -574,7 +653,7 @@ impl Node {
     /// This peer's status of one CID, from the pinset and the tracker.
     pub fn local_view(&self, entry: Option<&PinEntry>, local: Option<&LocalStatus>) -> PeerPinInfo {
         let status = match entry {
-            Some(e) if e.allocated_to(self.me()) => {
+            Some(e) if self.allocated_here(e) => {
                 local.map(|l| l.status).unwrap_or(TrackerStatus::PinQueued)
             }
             Some(e) if !e.deleted => TrackerStatus::Remote,
@@ -677,7 +756,7 @@ impl Node {
                 let info = match r {
                     Ok(sts) => {
                         let local = sts.get(&p.cid);
-                        let status = if p.allocated_to(id) {
+                        let status = if p.holds(id, m.transient) {
                             local.map(|l| l.status).unwrap_or(TrackerStatus::PinQueued)
                         } else {
                             TrackerStatus::Remote

@@ -68,6 +68,17 @@ impl PinEntry {
     pub fn allocated_to(&self, peer: &str) -> bool {
         !self.deleted && (self.allocations.is_empty() || self.allocations.iter().any(|a| a == peer))
     }
+
+    /// Whether `peer` must hold the pin, knowing whether it is a transient member: an empty
+    /// allocation ("every peer") means every *permanent* peer, so a transient member never fetches
+    /// the whole `-1` pinset only to leave again.
+    pub fn holds(&self, peer: &str, transient: bool) -> bool {
+        if transient {
+            !self.deleted && self.allocations.iter().any(|a| a == peer)
+        } else {
+            self.allocated_to(peer)
+        }
+    }
 }
 
 /// IPFS Cluster's per-peer status vocabulary.
@@ -240,6 +251,26 @@ mod tests {
 
     fn peers(n: usize) -> Vec<String> {
         (0..n).map(|i| format!("peer{i}")).collect()
+    }
+
+    #[test]
+    fn transient_peers_hold_only_explicit_allocations() {
+        let mut e = PinEntry {
+            cid: "c".into(),
+            name: String::new(),
+            replication_factor_min: -1,
+            replication_factor_max: -1,
+            allocations: vec![],
+            timestamp: String::new(),
+            deleted: false,
+            clock: Clock::default(),
+        };
+        assert!(e.holds("t", false));
+        assert!(!e.holds("t", true), "-1 is every permanent peer");
+        e.allocations = vec!["t".into()];
+        assert!(e.holds("t", true));
+        e.deleted = true;
+        assert!(!e.holds("t", true) && !e.holds("t", false));
     }
 
     #[test]

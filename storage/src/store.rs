@@ -18,6 +18,8 @@ const PIN_SEQ: TableDefinition<u64, &str> = TableDefinition::new("pin_seq");
 const LOCAL: TableDefinition<&str, &[u8]> = TableDefinition::new("local_status");
 const MEMBERS: TableDefinition<&str, &str> = TableDefinition::new("members");
 const WATERMARKS: TableDefinition<&str, &[u8]> = TableDefinition::new("watermarks");
+/// Members that left or were removed ([`crate::departure::Departure`], JSON), keyed by peer ID.
+const DEPARTED: TableDefinition<&str, &[u8]> = TableDefinition::new("departed");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
 /// Block-service metadata records (pools, images, tombstones), JSON, keyed by record key.
 const BLOCK_META: TableDefinition<&str, &[u8]> = TableDefinition::new("block_meta");
@@ -74,6 +76,7 @@ impl Store {
             tx.open_table(LOCAL)?;
             tx.open_table(MEMBERS)?;
             tx.open_table(WATERMARKS)?;
+            tx.open_table(DEPARTED)?;
             tx.open_table(BLOCK_META)?;
             let mut meta = tx.open_table(META)?;
             let existing = meta.get("epoch")?.map(|v| v.value());
@@ -375,6 +378,37 @@ impl Store {
             format!("{addr} {host}")
         };
         tx.open_table(MEMBERS)?.insert(id, v.as_str())?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub fn departures(&self) -> Result<Vec<crate::departure::Departure>, StoreError> {
+        let tx = self.db.begin_read()?;
+        let t = tx.open_table(DEPARTED)?;
+        let mut out = Vec::new();
+        for item in t.iter()? {
+            let (_, v) = item?;
+            out.push(serde_json::from_slice(v.value())?);
+        }
+        Ok(out)
+    }
+
+    /// Records a departure and forgets the member in one transaction, so a crash cannot leave a
+    /// removed peer listed as a member without its tombstone.
+    pub fn put_departure(&self, d: &crate::departure::Departure) -> Result<(), StoreError> {
+        let tx = self.db.begin_write()?;
+        tx.open_table(DEPARTED)?
+            .insert(d.id.as_str(), serde_json::to_vec(d)?.as_slice())?;
+        tx.open_table(MEMBERS)?.remove(d.id.as_str())?;
+        tx.open_table(WATERMARKS)?.remove(d.id.as_str())?;
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Drops a departure record (a transient member that left came back with a new incarnation).
+    pub fn delete_departure(&self, id: &str) -> Result<(), StoreError> {
+        let tx = self.db.begin_write()?;
+        tx.open_table(DEPARTED)?.remove(id)?;
         tx.commit()?;
         Ok(())
     }

@@ -18,7 +18,16 @@ pub async fn run(node: Arc<Node>) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
+        if node.is_leaving() {
+            // A goodbye was said: greeting anybody now would only look like a comeback.
+            return;
+        }
         round(&node).await;
+        if coordinator(&node) && node.realloc_due.load(std::sync::atomic::Ordering::Relaxed) {
+            if let Err(e) = crate::departure::reallocate_departed(&node).await {
+                tracing::warn!(error = %e, "re-allocating departed peers' pins failed");
+            }
+        }
         if let Some(after) = node.cfg.cluster.repin_after {
             if let Err(e) = repin_lost(&node, after).await {
                 tracing::warn!(error = %e, "re-allocation round failed");
@@ -62,7 +71,10 @@ async fn exchange(node: &Arc<Node>, id: Option<String>, addr: &str) {
         tracing::warn!(peer = %hello.id, addr = %hello.addr, "peer is not in this node's fixed peerset; ignored");
         return;
     }
-    node.saw_peer(&hello, Some(addr));
+    if let Err(e) = node.saw_peer(&hello, Some(addr)) {
+        tracing::debug!(peer = %hello.id, %addr, error = %e, "greeting answer not taken");
+        return;
+    }
     if let Err(e) = pull(node, &hello.id, &hello.addr).await {
         tracing::debug!(peer = %hello.id, error = %e, "pinset pull failed");
     }
@@ -105,10 +117,10 @@ async fn pull(node: &Arc<Node>, id: &str, addr: &str) -> Result<(), crate::node:
 /// Off by default. When a peer has been down longer than `after`, the lowest-ID live peer re-allocates
 /// the pins that peer held, keeping every other allocation (IPFS Cluster's repinning).
 async fn repin_lost(node: &Arc<Node>, after: Duration) -> Result<(), crate::node::NodeError> {
-    let live = node.live_peers();
-    if live.iter().min().map(String::as_str) != Some(node.me()) {
+    if !coordinator(node) {
         return Ok(());
     }
+    let live = node.allocatable_peers();
     let members = node.members();
     let lost: Vec<&String> = members
         .iter()
@@ -157,6 +169,12 @@ async fn repin_lost(node: &Arc<Node>, after: Duration) -> Result<(), crate::node
         }
     }
     Ok(())
+}
+
+/// Whether this node moves pins around this round: the lowest-ID live permanent peer, which every
+/// node computes alike from its own view. Never a transient member, which may leave at any moment.
+fn coordinator(node: &Node) -> bool {
+    node.allocatable_peers().iter().min().map(String::as_str) == Some(node.me())
 }
 
 fn down_for(m: &Member) -> Duration {

@@ -42,7 +42,7 @@ async fn reconcile(
     let now = now_millis();
     // Drop what is no longer ours.
     for cid in locals.keys() {
-        let ours = pins.get(cid).is_some_and(|p| p.allocated_to(node.me()));
+        let ours = pins.get(cid).is_some_and(|p| node.allocated_here(p));
         if !ours && !inflight.lock().expect("inflight").contains(cid) {
             let c = cid.clone();
             node.db(move |s| s.set_local_status(&c, None)).await?;
@@ -50,7 +50,7 @@ async fn reconcile(
         }
     }
     for (cid, p) in &pins {
-        if !p.allocated_to(node.me()) {
+        if !node.allocated_here(p) {
             continue;
         }
         let due = match locals.get(cid) {
@@ -103,7 +103,7 @@ async fn pin_one(node: &Arc<Node>, cid: &str, prev: Option<LocalStatus>) {
         .await
         .ok()
         .flatten()
-        .is_some_and(|p| p.allocated_to(node.me()));
+        .is_some_and(|p| node.allocated_here(&p));
     if !still_ours {
         return;
     }

@@ -29,6 +29,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/id", get(id))
         .route("/version", get(version))
         .route("/peers", get(peers))
+        .route("/peers/{id}", axum::routing::delete(remove_peer))
         .route("/add", post(add))
         .route("/pins", get(list_pins))
         .route("/pins/recover", post(recover_all))
@@ -158,6 +159,14 @@ async fn peers(State(node): State<Arc<Node>>) -> Response {
         out.push(id_json(&node, &view, &all));
     }
     stream(&out)
+}
+
+/// `DELETE /peers/{id}` (what `ipfs-cluster-ctl peers rm` calls): removes a member for good
+/// (see [`crate::departure`]). 204 on success; 404 for an unknown or already removed peer; 400
+/// for this node itself.
+async fn remove_peer(State(node): State<Arc<Node>>, Path(id): Path<String>) -> Res {
+    node.remove_peer(&id).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 fn replication(q: &Q) -> Result<(Option<i32>, Option<i32>), ApiError> {

@@ -56,7 +56,9 @@ impl From<NodeError> for ApiError {
     fn from(e: NodeError) -> Self {
         let kind = match &e {
             NodeError::Invalid(_) | NodeError::Unixfs(_) => Kind::BadRequest,
-            NodeError::BlockNotFound(_) | NodeError::Read(ReadError::NotFound(_)) => Kind::NotFound,
+            NodeError::BlockNotFound(_)
+            | NodeError::Read(ReadError::NotFound(_))
+            | NodeError::UnknownPeer(_) => Kind::NotFound,
             NodeError::Read(ReadError::NotAFile(_)) => Kind::NotImplemented,
             NodeError::NotPinned(_) => Kind::NotPinned,
             NodeError::TooLarge(_) => Kind::TooLarge,

@@ -324,7 +324,7 @@ async fn pin_add(State(node): State<Arc<Node>>, q: Args) -> Res {
             .pin(&cid, opt(&q, "name").map(str::to_string), min, max)
             .await?;
         // Like Kubo, answer once the content is pinned here (when this node holds a replica).
-        if e.allocated_to(node.me()) {
+        if node.allocated_here(&e) {
             wait_pinned(&node, &e.cid, Duration::from_secs(60)).await?;
         }
         pinned.push(e.cid);

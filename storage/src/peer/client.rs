@@ -225,6 +225,19 @@ impl PeerClient {
         self.json(addr, method, path, body).await
     }
 
+    /// Tells a peer about departures (a goodbye, or a removal made here).
+    pub async fn departures(
+        &self,
+        addr: &str,
+        deps: &[crate::departure::Departure],
+    ) -> Result<(), PeerError> {
+        let body = serde_json::to_vec(deps).expect("departures serialize");
+        let _: serde_json::Value = self
+            .json(addr, Method::POST, "/peer/v1/departures", body)
+            .await?;
+        Ok(())
+    }
+
     pub async fn recover(&self, addr: &str, cid: &str) -> Result<PeerPinInfo, PeerError> {
         self.json(
             addr,

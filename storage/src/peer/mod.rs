@@ -98,6 +98,9 @@ pub struct Hello {
     /// The sender's build version.
     #[serde(default)]
     pub version: String,
+    /// Members that left or were removed, as the sender knows them (see [`crate::departure`]).
+    #[serde(default)]
+    pub departed: Vec<crate::departure::Departure>,
 }
 
 /// One page of a peer's pinset feed.

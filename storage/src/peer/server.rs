@@ -3,6 +3,7 @@
 
 use super::auth::{self, AuthError};
 use super::{FeedPage, Hello};
+use crate::departure::Refusal;
 use crate::node::Node;
 use crate::pinset::{LocalStatus, PinEntry};
 use crate::sync::FEED_PAGE;
@@ -32,6 +33,7 @@ pub fn router(node: Arc<Node>, extra: Router) -> Router {
         .route("/peer/v1/status", get(statuses))
         .route("/peer/v1/status/{cid}", get(status))
         .route("/peer/v1/recover/{cid}", post(recover))
+        .route("/peer/v1/departures", post(departures))
         .with_state(node.clone())
         .merge(extra)
         .layer(middleware::from_fn_with_state(node, authenticate))
@@ -82,15 +84,28 @@ async fn authenticate(
             return (status, format!("{e}\n")).into_response();
         }
     };
+    if node.is_removed(&caller) {
+        if node.refusals.allow(&format!("removed {caller}")) {
+            tracing::warn!(%remote, peer = %caller, path = parts.uri.path(), "refused a request from a peer removed from the cluster");
+        }
+        let msg = crate::departure::Refusal::Removed(caller).to_string();
+        let resp = (StatusCode::FORBIDDEN, format!("{msg}\n")).into_response();
+        return sign(&node, &nonce, resp).await;
+    }
     let mut req = Request::from_parts(parts, Body::from(body));
     req.extensions_mut().insert(Caller(caller));
     let resp = next.run(req).await;
+    sign(&node, &nonce, resp).await
+}
+
+/// Signs an answer so the caller can trust it (refusals included).
+async fn sign(node: &Node, nonce: &str, resp: Response) -> Response {
     let (mut parts, body) = resp.into_parts();
     let body = match to_bytes(body, usize::MAX).await {
         Ok(b) => b,
         Err(e) => return (StatusCode::INTERNAL_SERVER_ERROR, format!("{e}\n")).into_response(),
     };
-    let signed = auth::sign_response(&node.key, node.me(), &nonce, parts.status, &body);
+    let signed = auth::sign_response(&node.key, node.me(), nonce, parts.status, &body);
     parts.headers.extend(signed);
     Response::from_parts(parts, Body::from(body))
 }
@@ -104,8 +119,23 @@ async fn hello(State(node): State<Arc<Node>>, Json(h): Json<Hello>) -> Response 
         )
             .into_response();
     }
-    node.saw_peer(&h, None);
+    if let Err(r) = node.saw_peer(&h, None) {
+        let status = match r {
+            Refusal::Removed(_) => StatusCode::FORBIDDEN,
+            Refusal::Departed(_) | Refusal::Leaving => StatusCode::GONE,
+        };
+        return (status, format!("{r}\n")).into_response();
+    }
     Json(node.hello()).into_response()
+}
+
+/// A goodbye from a leaving transient member, or removals made on another node.
+async fn departures(
+    State(node): State<Arc<Node>>,
+    Json(deps): Json<Vec<crate::departure::Departure>>,
+) -> Response {
+    let n = node.apply_departures(&deps);
+    Json(serde_json::json!({ "applied": n })).into_response()
 }
 
 async fn block(State(node): State<Arc<Node>>, Path(cid): Path<String>) -> Response {

@@ -176,14 +176,17 @@ impl BlockService {
             host: self.node.cfg.block_host(),
             addr: self.node.cfg.advertise(),
             up: true,
-            in_: true,
+            // A transient member is never "in": no object is placed on a node that is about to
+            // leave (it still coordinates the I/O it is asked for).
+            in_: !self.node.cfg.peer.transient,
             down_for_s: 0,
         }];
         for (id, m) in self.node.members() {
             let up = self.node.is_live(&m);
             let since = m.last_seen.unwrap_or(m.known_since);
             let down_for = if up { Duration::ZERO } else { since.elapsed() };
-            let in_ = up || self.cfg.down_out_interval.is_none_or(|d| down_for < d);
+            let in_ =
+                !m.transient && (up || self.cfg.down_out_interval.is_none_or(|d| down_for < d));
             osds.push(OsdInfo {
                 id,
                 name: m.peername.clone(),
