@@ -95,7 +95,10 @@ mod tests {
             (1e-6, -4.753_424_308_822_899),
         ] {
             let got = normal_quantile(p);
-            assert!((got - z).abs() < 1e-8 * z.abs().max(1.0), "p={p}: {got} vs {z}");
+            assert!(
+                (got - z).abs() < 1e-8 * z.abs().max(1.0),
+                "p={p}: {got} vs {z}"
+            );
         }
         assert!((normal_quantile(0.3) + normal_quantile(0.7)).abs() < 1e-12);
         assert!(normal_quantile(1.5).is_nan());
