@@ -245,6 +245,48 @@ impl NodeProc {
         self.process.kill9();
     }
 
+    /// `start` with extra `storage daemon` flags (e.g. `--transient`), not saved in the config.
+    pub fn start_with(&mut self, extra: &[&str]) {
+        let mut cmd = Command::new(storage_bin());
+        cmd.args(["daemon", "--data"])
+            .arg(&self.data)
+            .args(extra)
+            .env("STORAGE_LOG", "info,storage=debug");
+        self.process.spawn(cmd);
+    }
+
+    /// Sends SIGTERM and waits up to `limit` for the process to exit; its exit status, or `None`
+    /// if it was not running or did not exit in time.
+    pub fn terminate(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let pid = self.process.pid()?;
+        let st = Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .ok()?;
+        if !st.success() {
+            return None;
+        }
+        let start = Instant::now();
+        while start.elapsed() < limit {
+            if let Some(s) = self.process.child()?.try_wait().ok().flatten() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+
+    /// This node's Cluster `/peers` answer, one JSON value per peer (empty on any error).
+    pub async fn peers(&self) -> Vec<serde_json::Value> {
+        let Ok(r) = http().get(self.cluster_url("/peers")).send().await else {
+            return vec![];
+        };
+        let text = r.text().await.unwrap_or_default();
+        text.lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
     pub fn running(&mut self) -> bool {
         self.process.running()
     }
