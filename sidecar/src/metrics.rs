@@ -61,9 +61,13 @@ pub struct ReloadLabels {
     pub result: String,
 }
 
-fn latency_histogram() -> Histogram {
-    // 100 µs … ~13 s.
-    Histogram::new(exponential_buckets(0.0001, 2.0, 18))
+/// The bucket bounds of every latency histogram: 100 µs … ~13 s.
+pub fn latency_bounds() -> impl Iterator<Item = f64> {
+    exponential_buckets(0.0001, 2.0, 18)
+}
+
+pub fn latency_histogram() -> Histogram {
+    Histogram::new(latency_bounds())
 }
 
 impl Default for ProxyMetrics {

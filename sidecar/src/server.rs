@@ -41,6 +41,8 @@ pub struct SidecarState {
     pub brownout: Arc<crate::policy::degrade::Brownout>,
     /// Verified content-addressed answers, for when the node cannot answer.
     pub cid_cache: Option<Arc<crate::policy::cache::CidCache>>,
+    /// Traffic splits per listener (admin `/split`), kept across reloads.
+    pub splits: crate::policy::split::SplitRegistry,
     pub registry: Registry,
     pub conns: ConnCounter,
     pub draining: AtomicBool,
@@ -77,6 +79,8 @@ impl SidecarState {
         qod_metrics.register(&mut registry);
         let degrade_metrics = crate::policy::degrade::DegradeMetrics::default();
         degrade_metrics.register(&mut registry);
+        let split_metrics = crate::policy::split::SplitMetrics::default();
+        split_metrics.register(&mut registry);
         let qod = crate::policy::qod::QodState::open(
             &cfg.qod,
             &cfg.mesh,
@@ -94,6 +98,7 @@ impl SidecarState {
                 ))
             }),
             degrade_metrics,
+            splits: crate::policy::split::SplitRegistry::new(split_metrics),
             faults: crate::policy::fault::FaultRegistry::new(fault_metrics),
             config: ArcSwap::from_pointee(cfg),
             config_path,

@@ -9,11 +9,16 @@
 //! 5. **qod probe**: a request shape never seen to succeed goes to a canary first — after
 //!    throttling and shedding had their say;
 //! 6. **degrade**: cache, failover and brownout answers when the node cannot answer;
-//! 7. **outage gate**: peers in a planned outage are not sent to;
-//! 8. **breaker**: per upstream endpoint;
-//! 9. **retry**: deadlines and budgeted retries, innermost so each try is judged by the breaker;
+//! 7. **split**: a traffic split (admin `/split`) picks the request's subset — its address is the
+//!    upstream for everything below, so the outage gate and the breaker judge the subset's own
+//!    endpoint; after degrade so a cache or failover answer never hides a failing subset;
+//! 8. **outage gate**: peers in a planned outage are not sent to;
+//! 9. **breaker**: per upstream endpoint;
+//! 10. **retry**: deadlines and budgeted retries, innermost so each try is judged by the breaker;
+//! 11. **split attempts**: every attempt counted against its subset (a retried 502 still counts);
 //!
-//! then the upstream client ([`Forward`]: target, pool, HTTP/1.1 codec).
+//! then the upstream client ([`Forward`]: target — a split's subset overrides it — pool,
+//! HTTP/1.1 codec).
 //!
 //! Adding a policy: its module under `policy/` (layer, config section, errors, metrics, tests),
 //! then one `.layer(...)` line below. Stateful layers that must survive a hot reload (limiter
@@ -28,6 +33,7 @@ use crate::policy::outage::OutageGateLayer;
 use crate::policy::qod::{Canary, QodFilterLayer, QodProbeLayer};
 use crate::policy::retry::RetryLayer;
 use crate::policy::shed::ShedLayer;
+use crate::policy::split::{SplitAttemptLayer, SplitLayer};
 use crate::policy::throttle::ThrottleLayer;
 use crate::server::SidecarState;
 use crate::upstream::forward::{Forward, Target};
@@ -75,6 +81,7 @@ pub fn build(cfg: &Arc<Config>, listener: &ListenerConfig, shared: &SidecarState
         .layer(layers.shed)
         .layer(QodProbeLayer::new(qod, name, canaries(listener)))
         .layer(DegradeLayer::new(degrade, name))
+        .layer(SplitLayer::new(shared.splits.slot(name)))
         .layer(OutageGateLayer::new(shared.outages.clone()))
         .layer(BreakerLayer::new(
             policy.breaker.clone(),
@@ -82,6 +89,7 @@ pub fn build(cfg: &Arc<Config>, listener: &ListenerConfig, shared: &SidecarState
             shared.breaker_metrics.clone(),
         ))
         .layer(layers.retry)
+        .layer(SplitAttemptLayer)
         .service(forward.clone());
     Some(Built {
         stack: BoxCloneSyncService::new(stack),

@@ -5,8 +5,8 @@
 //! Where the data plane already has a type that *is* the wire form, it is re-exported here rather
 //! than copied, so there is one definition: the fault spec ([`FaultSpec`], validated with
 //! [`FaultSpec::validate`], the same rules `POST /faults` applies), a listed fault
-//! ([`FaultStatus`]), a circuit ([`CircuitInfo`]), a blacklist entry ([`BlacklistEntry`]) and a
-//! stored outage ([`Outage`]). The types defined here are the shapes the server builds inline or
+//! ([`FaultStatus`]), a circuit ([`CircuitInfo`]), a blacklist entry ([`BlacklistEntry`]), a
+//! stored outage ([`Outage`]) and a traffic split ([`SplitSpec`], [`SplitStatus`]). The types defined here are the shapes the server builds inline or
 //! keeps private (outage request, stats, blacklist add, toxics); the tests at the bottom check each
 //! against the server's own serialization or parser, so the two cannot drift apart silently.
 //!
@@ -24,6 +24,10 @@
 //! | `GET /qod/blacklist` | | `[`[`BlacklistEntry`]`]` |
 //! | `POST /qod/blacklist` | [`BlacklistAdd`] | `201` [`BlacklistEntry`] |
 //! | `DELETE /qod/blacklist/{id}` | | `204` |
+//! | `PUT /split/{listener}` | [`SplitSpec`] | `200` [`SplitStatus`]; `400`, `404`, `409` |
+//! | `GET /split/{listener}` | | [`SplitStatus`]; `404` when none is live |
+//! | `DELETE /split/{listener}` | | `204`; `404` when none was live |
+//! | `GET /split` | | [`SplitList`] |
 //! | `GET /metrics` | | OpenMetrics text |
 //! | `GET /ready`, `GET /live` | | `200`/`503` text |
 //! | `POST /reload` | | `200`/`400` text |
@@ -45,6 +49,9 @@ pub use crate::policy::fault::{Delay, FaultKind, FaultSpec, FaultStatus, HeaderM
 pub use crate::policy::outage::{Outage, Phase};
 pub use crate::policy::qod::blacklist::{Entry as BlacklistEntry, Sample as BlacklistSample};
 pub use crate::policy::qod::signature::Described as SignatureDescription;
+pub use crate::policy::split::{
+    LatencyHistogram, Outcomes, SplitSpec, SplitStatus, Subset, SubsetStatus,
+};
 pub use crate::toxiproxy::toxics::Stream;
 
 /// An admin API error body: `{"error": "<message>"}` (the Toxiproxy-compatible API adds `status`).
@@ -57,6 +64,12 @@ pub struct ErrorBody {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct FaultList {
     pub faults: Vec<FaultStatus>,
+}
+
+/// `GET /split`: every live split.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SplitList {
+    pub splits: Vec<SplitStatus>,
 }
 
 /// `DELETE /faults`: how many live faults were removed.

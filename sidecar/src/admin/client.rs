@@ -286,6 +286,43 @@ impl AdminClient {
             .await
     }
 
+    /// `PUT /split/{listener}`: installs a traffic split (or updates the caller's own live one);
+    /// the split as the server now shows it. 400 bad spec, 404 unknown listener, 409 another
+    /// controller's split is live.
+    pub async fn put_split(
+        &self,
+        listener: &str,
+        spec: &SplitSpec,
+    ) -> Result<SplitStatus, ClientError> {
+        let path = format!("/split/{}", seg(listener));
+        self.ep.json(Method::PUT, &path, json_body(spec)).await
+    }
+
+    /// `GET /split/{listener}`: the live split with its counters; `None` when there is none.
+    pub async fn get_split(&self, listener: &str) -> Result<Option<SplitStatus>, ClientError> {
+        let path = format!("/split/{}", seg(listener));
+        match self.ep.json(Method::GET, &path, None).await {
+            Err(e) if e.is_not_found() => Ok(None),
+            r => r.map(Some),
+        }
+    }
+
+    /// `DELETE /split/{listener}`: `true` when a live split was removed, `false` when there was
+    /// none (already gone, e.g. expired).
+    pub async fn delete_split(&self, listener: &str) -> Result<bool, ClientError> {
+        let path = format!("/split/{}", seg(listener));
+        match self.ep.unit(Method::DELETE, &path).await {
+            Err(e) if e.is_not_found() => Ok(false),
+            r => r.map(|()| true),
+        }
+    }
+
+    /// `GET /split`: every live split.
+    pub async fn list_splits(&self) -> Result<Vec<SplitStatus>, ClientError> {
+        let l: SplitList = self.ep.json(Method::GET, "/split", None).await?;
+        Ok(l.splits)
+    }
+
     /// `GET /circuits`, sorted by upstream.
     pub async fn circuits(&self) -> Result<Vec<CircuitInfo>, ClientError> {
         self.ep.json(Method::GET, "/circuits", None).await

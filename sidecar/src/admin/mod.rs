@@ -11,6 +11,7 @@
 //! | `/qod/...` | `qod.rs` |
 //! | `/outages/...` | `outages.rs` |
 //! | `/brownout` | `brownout.rs` |
+//! | `/split/{listener}` | `split.rs` |
 //!
 //! `api.rs` and `client.rs` are the client side: the request/response types and a typed client
 //! that `chaos` (and `canary`) use instead of the data plane's internals.
@@ -31,6 +32,7 @@ mod outages;
 mod qod;
 mod reload;
 mod reply;
+mod split;
 
 use crate::server::SidecarState;
 use crate::Response;
@@ -70,7 +72,7 @@ pub async fn serve(
 
 /// The paths this API knows, for the 404 answer.
 const PATHS: &str =
-    "/metrics /ready /live /config /circuits /stats /log-level /reload /faults /qod /outages /brownout";
+    "/metrics /ready /live /config /circuits /stats /log-level /reload /faults /qod /outages /brownout /split";
 
 fn unknown_path() -> AdminError {
     AdminError::not_found(format!("unknown admin path; try {PATHS}"))
@@ -95,6 +97,7 @@ async fn route(state: &SidecarState, req: http::Request<Incoming>) -> Response {
         "qod" => qod::handle(state, req).await,
         "outages" => outages::handle(state, &cfg, req).await,
         "brownout" if path == "/brownout" => brownout::handle(state, req).await,
+        "split" => split::handle(state, &cfg, req).await,
         _ => Err(unknown_path()),
     };
     reply.unwrap_or_else(AdminError::into_response)

@@ -11,6 +11,7 @@ pub mod outage;
 pub mod qod;
 pub mod retry;
 pub mod shed;
+pub mod split;
 pub mod throttle;
 
 use crate::error::ProxyError;

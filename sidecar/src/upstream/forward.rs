@@ -4,6 +4,7 @@
 
 use crate::codec::is_hop_by_hop;
 use crate::error::ProxyError;
+use crate::policy::split::Routed;
 use crate::upstream::pool::Pool;
 use crate::{Request, Response};
 use futures::future::BoxFuture;
@@ -18,7 +19,8 @@ use std::time::Duration;
 /// Where requests go.
 #[derive(Clone, Debug)]
 pub enum Target {
-    /// Inbound: always the local node.
+    /// Inbound: the local node — unless a traffic split routed the request to a subset (a
+    /// [`Routed`] extension): then the subset's address (the pool keeps each host's connections).
     Fixed(Authority),
     /// Outbound: the authority the request names, if allowed (`*` allows any).
     ByAuthority(Arc<Vec<String>>),
@@ -125,9 +127,17 @@ impl tower::Service<Request> for Forward {
     }
 
     fn call(&mut self, mut req: Request) -> Self::Future {
-        let auth = match self.upstream_of(&req) {
-            Ok(a) => a,
-            Err(e) => return Box::pin(async move { Err(e) }),
+        // A traffic split's subset (`policy::split`) replaces an inbound listener's upstream.
+        let routed = match &self.target {
+            Target::Fixed(_) => req.extensions().get::<Routed>().and_then(Routed::addr),
+            Target::ByAuthority(_) => None,
+        };
+        let auth = match routed {
+            Some(a) => a.clone(),
+            None => match self.upstream_of(&req) {
+                Ok(a) => a,
+                Err(e) => return Box::pin(async move { Err(e) }),
+            },
         };
         // HTTP/1.1 to the upstream in origin form (`GET /path?q`), with a Host header: h2 clients
         // send only `:authority`, which names this sidecar, so the upstream's name is used then.
