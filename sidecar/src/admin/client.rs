@@ -735,6 +735,99 @@ mod tests {
         );
     }
 
+    /// The real admin router in process (a `SidecarState`, no listener served): every status
+    /// `/split` answers, read through the client.
+    #[tokio::test]
+    async fn splits_against_the_real_admin_router() {
+        let cfg = crate::config::Config::parse(
+            "[[listener]]\nname = \"api\"\nlisten = \"127.0.0.1:7100\"\nupstream = \"127.0.0.1:7101\"\n\
+             [[listener]]\nname = \"nbd\"\nlisten = \"127.0.0.1:7102\"\nupstream = \"127.0.0.1:7103\"\n\
+             protocol = \"tcp\"\n\
+             [[listener]]\nname = \"out\"\nlisten = \"127.0.0.1:7104\"\ndirection = \"outbound\"\n\
+             allowed_upstreams = [\"*\"]\n",
+            "t",
+        )
+        .unwrap();
+        let state = crate::server::SidecarState::new(cfg, None, None).unwrap();
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let (_stop, rx) = tokio::sync::watch::channel(false);
+        tokio::spawn(crate::admin::serve(l, state, rx));
+        let c = AdminClient::new(&format!("http://{addr}")).unwrap();
+        let spec = |controller: &str, weight: u32| SplitSpec {
+            subsets: vec![Subset {
+                name: "candidate".into(),
+                addr: "127.0.0.1:7105".into(),
+                weight,
+            }],
+            ttl: Some(Ttl(Duration::from_secs(60))),
+            sticky: false,
+            controller: Some(controller.into()),
+            seed: None,
+        };
+        let status = |e: ClientError| (e.status(), e.to_string());
+        let (code, msg) = status(
+            c.put_split(
+                "api",
+                &SplitSpec {
+                    ttl: None,
+                    ..spec("a", 5)
+                },
+            )
+            .await
+            .unwrap_err(),
+        );
+        assert_eq!(code, Some(400));
+        assert!(msg.contains("ttl is mandatory"), "{msg}");
+        let (code, msg) = status(c.put_split("nope", &spec("a", 5)).await.unwrap_err());
+        assert_eq!(code, Some(404));
+        assert!(
+            msg.contains("no listener \"nope\" (listeners: api, nbd, out)"),
+            "{msg}"
+        );
+        for (l, why) in [("nbd", "TCP listener"), ("out", "outbound")] {
+            let (code, msg) = status(c.put_split(l, &spec("a", 5)).await.unwrap_err());
+            assert_eq!(code, Some(400));
+            assert!(msg.contains(why), "{msg}");
+        }
+        let (code, msg) = status(c.put_split("api", &spec("a", 101)).await.unwrap_err());
+        assert_eq!(code, Some(400));
+        assert!(msg.contains("0 to 100"), "{msg}");
+        assert_eq!(c.get_split("api").await.unwrap(), None);
+
+        let put = c.put_split("api", &spec("a", 5)).await.unwrap();
+        assert_eq!(
+            (put.listener.as_str(), put.controller.as_deref()),
+            ("api", Some("a"))
+        );
+        let names: Vec<(&str, &str, u32)> = put
+            .subsets
+            .iter()
+            .map(|s| (s.name.as_str(), s.addr.as_str(), s.weight))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("stable", "127.0.0.1:7101", 95),
+                ("candidate", "127.0.0.1:7105", 5)
+            ]
+        );
+        let (code, msg) = status(c.put_split("api", &spec("b", 5)).await.unwrap_err());
+        assert_eq!(code, Some(409));
+        assert!(msg.contains("owned by controller \"a\""), "{msg}");
+        let step = c.put_split("api", &spec("a", 20)).await.unwrap();
+        assert_eq!(step.generation, put.generation);
+        let got = c.get_split("api").await.unwrap().unwrap();
+        assert_eq!(got.subset("candidate").unwrap().weight, 20);
+        assert!(got.remaining_ms > 59_000 && got.ttl_ms == 60_000, "{got:?}");
+        assert_eq!(c.list_splits().await.unwrap(), vec![got]);
+        assert!(c.delete_split("api").await.unwrap());
+        assert!(!c.delete_split("api").await.unwrap(), "already gone");
+        assert_eq!(c.get_split("api").await.unwrap(), None);
+        assert!(c.list_splits().await.unwrap().is_empty());
+        c.put_split("api", &spec("b", 5)).await.unwrap();
+    }
+
     #[tokio::test]
     async fn against_the_real_toxiproxy_router() {
         let app = crate::toxiproxy::api::router(crate::toxiproxy::Toxiproxy::new(1));
