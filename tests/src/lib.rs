@@ -497,6 +497,24 @@ impl SidecarProc {
         format!("http://{}{path}", self.admin)
     }
 
+    /// An admin API call with an optional JSON body: the status and the answer as JSON
+    /// (`Null` when it is empty or not JSON).
+    pub async fn admin_json(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        let mut req = http().request(method, self.admin_url(path));
+        if let Some(b) = body {
+            req = req.json(&b);
+        }
+        let r = req.send().await.expect("admin call");
+        let status = r.status().as_u16();
+        let text = r.text().await.expect("admin answer");
+        (status, serde_json::from_str(&text).unwrap_or_default())
+    }
+
     /// The sidecar's `/metrics` text.
     pub async fn metrics(&self) -> String {
         http()

@@ -1,0 +1,226 @@
+//! Traffic split end to end: a real `sidecar` process in front of two upstream fixtures, stable
+//! and candidate, driven through `/split/{listener}` on its admin API.
+
+use bulwark_e2e::fixture::Fixture;
+use bulwark_e2e::{free_addr, http, wait_for, SidecarProc};
+use reqwest::Method;
+use serde_json::{json, Value};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// A sidecar with listener `api` in front of `stable`, retrying GETs twice with short backoffs.
+fn sidecar(dir: &std::path::Path, listen: SocketAddr, stable: SocketAddr) -> SidecarProc {
+    let body = format!(
+        "[[listener]]\nname = \"api\"\nlisten = \"{listen}\"\nupstream = \"{stable}\"\n\n\
+         [policy.retry]\nmax_retries = 2\nbackoff_base = \"1ms\"\nbackoff_max = \"5ms\"\n"
+    );
+    SidecarProc::start(dir, "sc", &body)
+}
+
+fn split(candidate: SocketAddr, weight: u32, ttl: &str, controller: &str) -> Value {
+    json!({"subsets": [{"name": "candidate", "addr": candidate.to_string(), "weight": weight}],
+           "ttl": ttl, "controller": controller})
+}
+
+/// GET `path` through the sidecar, optionally pinned: the status and the subset named.
+async fn get(listen: SocketAddr, path: &str, pin: Option<&str>) -> (u16, Option<String>) {
+    let mut req = http().get(format!("http://{listen}{path}"));
+    if let Some(p) = pin {
+        req = req.header("x-bulwark-subset", p);
+    }
+    let r = req.send().await.expect("request through the sidecar");
+    let subset = r
+        .headers()
+        .get("x-bulwark-subset")
+        .map(|v| v.to_str().unwrap().to_string());
+    (r.status().as_u16(), subset)
+}
+
+/// A subset's entry in `GET /split/api`.
+fn subset<'a>(status: &'a Value, name: &str) -> &'a Value {
+    status["subsets"]
+        .as_array()
+        .expect("subsets")
+        .iter()
+        .find(|s| s["name"] == name)
+        .unwrap_or_else(|| panic!("no subset {name} in {status}"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fifty_fifty_split_reaches_both_names_the_subset_and_obeys_pins() {
+    let (stable, cand) = (Fixture::start().await, Fixture::start().await);
+    let dir = tempfile::tempdir().unwrap();
+    let listen = free_addr();
+    let s = sidecar(dir.path(), listen, stable.addr);
+    s.wait_ready().await;
+
+    // Bad input first: nothing is installed by it.
+    let mut no_ttl = split(cand.addr, 50, "1m", "c1");
+    no_ttl.as_object_mut().unwrap().remove("ttl");
+    let (code, v) = s.admin_json(Method::PUT, "/split/api", Some(no_ttl)).await;
+    assert_eq!(code, 400, "{v}");
+    assert!(
+        v["error"].as_str().unwrap().contains("ttl is mandatory"),
+        "{v}"
+    );
+    let body = Some(split(cand.addr, 50, "1m", "c1"));
+    let (code, v) = s.admin_json(Method::PUT, "/split/nope", body.clone()).await;
+    assert_eq!(code, 404, "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("no listener \"nope\""),
+        "{v}"
+    );
+    let (code, _) = s.admin_json(Method::GET, "/split/api", None).await;
+    assert_eq!(code, 404);
+
+    let (code, v) = s.admin_json(Method::PUT, "/split/api", body).await;
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(subset(&v, "stable")["weight"], 50);
+    // A second controller on the same node is refused while the split is live.
+    let other = Some(split(cand.addr, 10, "1m", "c2"));
+    let (code, v) = s.admin_json(Method::PUT, "/split/api", other).await;
+    assert_eq!(code, 409, "{v}");
+
+    let (mut to_stable, mut to_cand) = (0u64, 0u64);
+    for _ in 0..200 {
+        let (code, sub) = get(listen, "/ok", None).await;
+        assert_eq!(code, 200);
+        match sub.as_deref() {
+            Some("stable") => to_stable += 1,
+            Some("candidate") => to_cand += 1,
+            other => panic!("answer names {other:?}"),
+        }
+    }
+    assert_eq!((stable.count(), cand.count()), (to_stable, to_cand));
+    assert!(to_stable > 60 && to_cand > 60, "{to_stable} / {to_cand}");
+
+    // Pins: the named subset, whatever the roll.
+    for _ in 0..10 {
+        assert_eq!(
+            get(listen, "/ok", Some("candidate")).await,
+            (200, Some("candidate".into()))
+        );
+        assert_eq!(
+            get(listen, "/ok", Some("stable")).await,
+            (200, Some("stable".into()))
+        );
+    }
+    assert_eq!(
+        (stable.count(), cand.count()),
+        (to_stable + 10, to_cand + 10)
+    );
+    assert_eq!(get(listen, "/ok", Some("nope")).await, (400, None));
+
+    let (code, v) = s.admin_json(Method::GET, "/split/api", None).await;
+    assert_eq!(code, 200);
+    assert_eq!(subset(&v, "candidate")["requests"]["ok"], to_cand + 10);
+    assert_eq!(subset(&v, "stable")["attempts"]["ok"], to_stable + 10);
+    assert_eq!(subset(&v, "candidate")["latency"]["count"], to_cand + 10);
+    assert!(v["remaining_ms"].as_u64().unwrap() > 30_000, "{v}");
+
+    // Removed: all stable, answers unmarked; a second DELETE finds nothing.
+    let (code, _) = s.admin_json(Method::DELETE, "/split/api", None).await;
+    assert_eq!(code, 204);
+    let (code, _) = s.admin_json(Method::DELETE, "/split/api", None).await;
+    assert_eq!(code, 404);
+    let before = cand.count();
+    for _ in 0..20 {
+        assert_eq!(get(listen, "/ok", None).await, (200, None));
+    }
+    assert_eq!(cand.count(), before);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_split_expires_after_its_ttl() {
+    let (stable, cand) = (Fixture::start().await, Fixture::start().await);
+    let dir = tempfile::tempdir().unwrap();
+    let listen = free_addr();
+    let s = sidecar(dir.path(), listen, stable.addr);
+    s.wait_ready().await;
+    let body = Some(split(cand.addr, 100, "2s", "dies"));
+    let (code, v) = s.admin_json(Method::PUT, "/split/api", body).await;
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(
+        get(listen, "/ok", None).await,
+        (200, Some("candidate".into()))
+    );
+    // The controller "dies" (never renews): within the TTL (and a margin) it is all stable.
+    let started = std::time::Instant::now();
+    wait_for("the split to expire", Duration::from_secs(6), || async {
+        (get(listen, "/ok", None).await == (200, None)).then_some(())
+    })
+    .await;
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+    let before = cand.count();
+    for _ in 0..20 {
+        assert_eq!(get(listen, "/ok", None).await, (200, None));
+    }
+    assert_eq!(cand.count(), before);
+    let (code, _) = s.admin_json(Method::GET, "/split/api", None).await;
+    assert_eq!(code, 404);
+    let m = s.metrics().await;
+    assert!(
+        m.contains("bulwark_split_expired_total{listener=\"api\"} 1"),
+        "{m}"
+    );
+    // Another controller may install one now.
+    let body = Some(split(cand.addr, 10, "1m", "next"));
+    assert_eq!(s.admin_json(Method::PUT, "/split/api", body).await.0, 200);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_retried_502_counts_every_attempt_against_the_candidate() {
+    let (stable, cand) = (Fixture::start().await, Fixture::start().await);
+    let dir = tempfile::tempdir().unwrap();
+    let listen = free_addr();
+    let s = sidecar(dir.path(), listen, stable.addr);
+    s.wait_ready().await;
+    let body = Some(split(cand.addr, 0, "1m", "c1"));
+    assert_eq!(s.admin_json(Method::PUT, "/split/api", body).await.0, 200);
+
+    let r = get(listen, "/status/502", Some("candidate")).await;
+    assert_eq!(r, (502, Some("candidate".into())));
+    assert_eq!((cand.count(), stable.count()), (3, 0), "1 try + 2 retries");
+    let (_, v) = s.admin_json(Method::GET, "/split/api", None).await;
+    let c = subset(&v, "candidate");
+    assert_eq!(c["attempts"]["upstream_5xx"], 3, "{v}");
+    assert_eq!(c["retries"], 2, "{v}");
+    assert_eq!(c["requests"]["upstream_5xx"], 1, "{v}");
+    assert_eq!(c["requests"]["ok"], 0, "{v}");
+    let m = s.metrics().await;
+    for line in [
+        "bulwark_split_attempts_total{listener=\"api\",subset=\"candidate\",outcome=\"upstream_5xx\"} 3",
+        "bulwark_split_requests_total{listener=\"api\",subset=\"candidate\",outcome=\"upstream_5xx\"} 1",
+        "bulwark_split_retries_total{listener=\"api\",subset=\"candidate\"} 2",
+        "bulwark_split_weight{listener=\"api\",subset=\"stable\"} 100",
+        "bulwark_split_attempt_duration_seconds_count{listener=\"api\",subset=\"candidate\"} 3",
+    ] {
+        assert!(m.contains(line), "{line} missing from\n{m}");
+    }
+    // A candidate that cannot be reached is a local error, tried three times.
+    let gone = free_addr();
+    let body = Some(
+        json!({"subsets": [{"name": "candidate", "addr": gone.to_string(),
+        "weight": 0}], "ttl": "1m", "controller": "c1"}),
+    );
+    let (code, v) = s.admin_json(Method::PUT, "/split/api", body).await;
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(get(listen, "/ok", Some("candidate")).await.0, 502);
+    let (_, v) = s.admin_json(Method::GET, "/split/api", None).await;
+    let c = subset(&v, "candidate");
+    assert_eq!(
+        (
+            c["attempts"]["local_error"].as_u64(),
+            c["requests"]["local_error"].as_u64()
+        ),
+        (Some(3), Some(1)),
+        "{v}"
+    );
+}
