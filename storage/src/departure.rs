@@ -183,9 +183,12 @@ impl Node {
             return false;
         }
         if d.id == self.me() {
-            if d.kind == DepartureKind::Removed {
-                tracing::error!(by = %d.by, "this node was removed from the cluster (`storage peers rm`); its peers refuse it now. Re-initialise it (new data directory) to join again");
+            // A goodbye of ours is about an earlier incarnation (this one is running): keeping it
+            // would make us gossip our own departure.
+            if d.kind == DepartureKind::Left {
+                return false;
             }
+            tracing::error!(by = %d.by, "this node was removed from the cluster (`storage peers rm`); its peers refuse it now. Re-initialise it (new data directory) to join again");
             deps.insert(d.id.clone(), d.clone());
             return true;
         }
@@ -453,6 +456,19 @@ mod tests {
         n.saw_peer(&hello("t", true, 6), None).unwrap();
         assert!(n.members().contains_key("t"));
         assert!(!n.has_departed("t"));
+        // A peer that has not heard of the comeback still gossips the old goodbye: it does not
+        // drop the member again.
+        let mut stale = hello("o", false, 1);
+        stale.departed = vec![Departure {
+            incarnation: 5,
+            ..d("t", DepartureKind::Left, 5)
+        }];
+        n.saw_peer(&stale, None).unwrap();
+        assert!(n.members().contains_key("t"));
+        // Our own old goodbye, gossiped back to us, is not kept.
+        let me = n.me().to_string();
+        assert_eq!(n.apply_departures(&[d(&me, DepartureKind::Left, 1)]), 0);
+        assert!(n.departures().is_empty());
     }
 
     #[tokio::test]
