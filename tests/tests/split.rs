@@ -8,13 +8,34 @@ use serde_json::{json, Value};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-/// A sidecar with listener `api` in front of `stable`, retrying GETs twice with short backoffs.
-fn sidecar(dir: &std::path::Path, listen: SocketAddr, stable: SocketAddr) -> SidecarProc {
+/// Stable and candidate fixtures, and a ready sidecar whose listener `api` (at `listen`) is in
+/// front of stable, retrying GETs twice with short backoffs.
+struct Setup {
+    stable: Fixture,
+    cand: Fixture,
+    listen: SocketAddr,
+    s: SidecarProc,
+    _dir: tempfile::TempDir,
+}
+
+async fn setup() -> Setup {
+    let (stable, cand) = (Fixture::start().await, Fixture::start().await);
+    let dir = tempfile::tempdir().unwrap();
+    let listen = free_addr();
     let body = format!(
-        "[[listener]]\nname = \"api\"\nlisten = \"{listen}\"\nupstream = \"{stable}\"\n\n\
-         [policy.retry]\nmax_retries = 2\nbackoff_base = \"1ms\"\nbackoff_max = \"5ms\"\n"
+        "[[listener]]\nname = \"api\"\nlisten = \"{listen}\"\nupstream = \"{}\"\n\n\
+         [policy.retry]\nmax_retries = 2\nbackoff_base = \"1ms\"\nbackoff_max = \"5ms\"\n",
+        stable.addr
     );
-    SidecarProc::start(dir, "sc", &body)
+    let s = SidecarProc::start(dir.path(), "sc", &body);
+    s.wait_ready().await;
+    Setup {
+        stable,
+        cand,
+        listen,
+        s,
+        _dir: dir,
+    }
 }
 
 fn split(candidate: SocketAddr, weight: u32, ttl: &str, controller: &str) -> Value {
@@ -48,11 +69,13 @@ fn subset<'a>(status: &'a Value, name: &str) -> &'a Value {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_fifty_fifty_split_reaches_both_names_the_subset_and_obeys_pins() {
-    let (stable, cand) = (Fixture::start().await, Fixture::start().await);
-    let dir = tempfile::tempdir().unwrap();
-    let listen = free_addr();
-    let s = sidecar(dir.path(), listen, stable.addr);
-    s.wait_ready().await;
+    let Setup {
+        stable,
+        cand,
+        listen,
+        s,
+        _dir,
+    } = setup().await;
 
     // Bad input first: nothing is installed by it.
     let mut no_ttl = split(cand.addr, 50, "1m", "c1");
@@ -135,11 +158,13 @@ async fn a_fifty_fifty_split_reaches_both_names_the_subset_and_obeys_pins() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_split_expires_after_its_ttl() {
-    let (stable, cand) = (Fixture::start().await, Fixture::start().await);
-    let dir = tempfile::tempdir().unwrap();
-    let listen = free_addr();
-    let s = sidecar(dir.path(), listen, stable.addr);
-    s.wait_ready().await;
+    let Setup {
+        stable,
+        cand,
+        listen,
+        s,
+        _dir,
+    } = setup().await;
     let body = Some(split(cand.addr, 100, "2s", "dies"));
     let (code, v) = s.admin_json(Method::PUT, "/split/api", body).await;
     assert_eq!(code, 200, "{v}");
@@ -163,6 +188,7 @@ async fn the_split_expires_after_its_ttl() {
         assert_eq!(get(listen, "/ok", None).await, (200, None));
     }
     assert_eq!(cand.count(), before);
+    assert!(stable.count() >= 20, "{}", stable.count());
     let (code, _) = s.admin_json(Method::GET, "/split/api", None).await;
     assert_eq!(code, 404);
     let m = s.metrics().await;
@@ -177,11 +203,13 @@ async fn the_split_expires_after_its_ttl() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_retried_502_counts_every_attempt_against_the_candidate() {
-    let (stable, cand) = (Fixture::start().await, Fixture::start().await);
-    let dir = tempfile::tempdir().unwrap();
-    let listen = free_addr();
-    let s = sidecar(dir.path(), listen, stable.addr);
-    s.wait_ready().await;
+    let Setup {
+        stable,
+        cand,
+        listen,
+        s,
+        _dir,
+    } = setup().await;
     let body = Some(split(cand.addr, 0, "1m", "c1"));
     assert_eq!(s.admin_json(Method::PUT, "/split/api", body).await.0, 200);
 
