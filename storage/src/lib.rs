@@ -15,6 +15,7 @@ pub mod daemon;
 pub mod departure;
 pub mod identity;
 pub mod ingest;
+pub mod membership;
 pub mod node;
 pub mod peer;
 pub mod pinset;
