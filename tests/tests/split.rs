@@ -252,3 +252,133 @@ async fn a_retried_502_counts_every_attempt_against_the_candidate() {
         "{v}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rehearsal_fault_hits_only_the_candidate_and_counts_against_it() {
+    let Setup {
+        stable,
+        cand,
+        listen,
+        s,
+        _dir,
+    } = setup().await;
+    let with_fault = |weight: u32, fault: Value| {
+        Some(
+            json!({"subsets": [{"name": "candidate", "addr": cand.addr.to_string(),
+            "weight": weight, "fault": fault}], "ttl": "1m", "controller": "rehearsal", "seed": 5}),
+        )
+    };
+    // Bad faults are refused and install nothing.
+    for (fault, why) in [
+        (json!({"abort": 404, "percent": 5}), "500 to 599"),
+        (json!({"abort": 500, "percent": 0}), "above 0"),
+        (json!({"delay_ms": 60_001, "percent": 5}), "1 to 60000"),
+        (json!({"abort": 500, "delay_ms": 5, "percent": 5}), "either"),
+        (json!({"abort": 500}), "percent"),
+    ] {
+        let (code, v) = s
+            .admin_json(Method::PUT, "/split/api", with_fault(50, fault))
+            .await;
+        assert_eq!(code, 400, "{v}");
+        assert!(v["error"].as_str().unwrap().contains(why), "{why}: {v}");
+    }
+    assert_eq!(s.admin_json(Method::GET, "/split/api", None).await.0, 404);
+
+    // abort=500,percent=5 on a 50 % candidate: stable untouched, ~5 % of the candidate's 500s.
+    let body = with_fault(50, json!({"abort": 500, "percent": 5}));
+    let (code, v) = s.admin_json(Method::PUT, "/split/api", body).await;
+    assert_eq!(code, 200, "{v}");
+    assert_eq!(
+        subset(&v, "candidate")["fault"],
+        json!({"abort": 500, "percent": 5.0})
+    );
+    // One client, kept-alive connections: the loop is quick.
+    let client = http();
+    let (mut to_cand, mut aborted) = (0u64, 0u64);
+    for _ in 0..1200 {
+        let r = client
+            .get(format!("http://{listen}/ok"))
+            .send()
+            .await
+            .unwrap();
+        let sub = r.headers()["x-bulwark-subset"]
+            .to_str()
+            .unwrap()
+            .to_string();
+        let fault = r
+            .headers()
+            .get("x-bulwark-fault")
+            .map(|v| v.to_str().unwrap().to_string());
+        match (r.status().as_u16(), sub.as_str(), fault.as_deref()) {
+            (200, "stable", None) => {}
+            (200, "candidate", None) => to_cand += 1,
+            (500, "candidate", Some("split-rehearsal")) => {
+                to_cand += 1;
+                aborted += 1;
+            }
+            other => panic!("unexpected answer {other:?}"),
+        }
+    }
+    // ~600 candidate requests, 5 %: ~30 (sd ~5.3).
+    assert!(to_cand.abs_diff(600) < 90, "{to_cand}");
+    assert!(
+        aborted.abs_diff(to_cand / 20) <= 18,
+        "{aborted} of {to_cand}"
+    );
+    assert_eq!(cand.count(), to_cand - aborted, "an abort is never sent");
+    assert_eq!(stable.count(), 1200 - to_cand);
+    let (_, v) = s.admin_json(Method::GET, "/split/api", None).await;
+    let c = subset(&v, "candidate");
+    assert_eq!(c["requests"]["upstream_5xx"], aborted, "{v}");
+    assert_eq!(c["attempts"]["upstream_5xx"], aborted, "{v}");
+    assert_eq!(c["requests"]["ok"], to_cand - aborted, "{v}");
+    assert_eq!(c["fault_injected"], aborted, "{v}");
+    assert_eq!(subset(&v, "stable")["fault_injected"], 0, "{v}");
+    let m = s.metrics().await;
+    let line = format!(
+        "bulwark_split_fault_injected_total{{listener=\"api\",subset=\"candidate\"}} {aborted}"
+    );
+    assert!(m.contains(&line), "{line} missing from\n{m}");
+
+    // The owner switches the rehearsal to a delay: every candidate request waits 300 ms.
+    let body = with_fault(0, json!({"delay_ms": 300, "percent": 100}));
+    assert_eq!(s.admin_json(Method::PUT, "/split/api", body).await.0, 200);
+    let t0 = std::time::Instant::now();
+    let r = client
+        .get(format!("http://{listen}/ok"))
+        .header("x-bulwark-subset", "candidate")
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        t0.elapsed() >= Duration::from_millis(300),
+        "{:?}",
+        t0.elapsed()
+    );
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["x-bulwark-fault"], "split-rehearsal");
+    let t0 = std::time::Instant::now();
+    assert_eq!(
+        get(listen, "/ok", Some("stable")).await,
+        (200, Some("stable".into()))
+    );
+    assert!(
+        t0.elapsed() < Duration::from_millis(300),
+        "stable is not delayed"
+    );
+
+    // The rehearsal ends with the split: nothing marked afterwards.
+    assert_eq!(
+        s.admin_json(Method::DELETE, "/split/api", None).await.0,
+        204
+    );
+    for _ in 0..20 {
+        let r = client
+            .get(format!("http://{listen}/ok"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert!(r.headers().get("x-bulwark-fault").is_none());
+    }
+}

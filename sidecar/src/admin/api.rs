@@ -50,7 +50,8 @@ pub use crate::policy::outage::{Outage, Phase};
 pub use crate::policy::qod::blacklist::{Entry as BlacklistEntry, Sample as BlacklistSample};
 pub use crate::policy::qod::signature::Described as SignatureDescription;
 pub use crate::policy::split::{
-    LatencyHistogram, Outcomes, SplitSpec, SplitStatus, Subset, SubsetStatus,
+    LatencyHistogram, Outcomes, SplitSpec, SplitStatus, Subset, SubsetFault, SubsetStatus,
+    REHEARSAL,
 };
 pub use crate::toxiproxy::toxics::Stream;
 

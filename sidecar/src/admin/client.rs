@@ -755,11 +755,7 @@ mod tests {
         tokio::spawn(crate::admin::serve(l, state, rx));
         let c = AdminClient::new(&format!("http://{addr}")).unwrap();
         let spec = |controller: &str, weight: u32| SplitSpec {
-            subsets: vec![Subset {
-                name: "candidate".into(),
-                addr: "127.0.0.1:7105".into(),
-                weight,
-            }],
+            subsets: vec![Subset::new("candidate", "127.0.0.1:7105", weight)],
             ttl: Some(Ttl(Duration::from_secs(60))),
             sticky: false,
             controller: Some(controller.into()),

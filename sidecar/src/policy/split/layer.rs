@@ -1,17 +1,21 @@
 //! The two layers: [`SplitLayer`] chooses a request's subset (after degrade, before the outage
 //! gate and the breaker) and counts its final outcome; [`SplitAttemptLayer`] (between retry and
-//! the upstream client) counts every attempt against the subset it went to.
+//! the upstream client) counts every attempt against the subset it went to, and applies the
+//! subset's rehearsal fault ([`SubsetFault`](super::SubsetFault)) to the requests that drew it.
 
 use super::registry::{Outcome, Routed, Slot};
+use super::spec::{SubsetFault, REHEARSAL};
 use crate::classify::{ClientId, RequestMeta};
 use crate::error::ProxyError;
 use crate::policy::{Maybe, OnAnswer, Then};
 use crate::{Request, Response};
-use http::HeaderName;
+use http::{HeaderName, HeaderValue, StatusCode};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 use tower::{Layer, Service};
 
 /// Pins a request to a subset (`stable` for the listener's own upstream); on every answer a
@@ -121,7 +125,8 @@ where
                 m.upstream = up.clone();
             }
         }
-        req.extensions_mut().insert(Routed(route.clone()));
+        let fault = split.rehearse(&route);
+        req.extensions_mut().insert(Routed(route.clone(), fault));
         Maybe::direct(Then::new(self.inner.call(req), Some(Answered(route))))
     }
 }
@@ -151,6 +156,8 @@ pub struct Attempt {
     route: Arc<super::registry::Route>,
     start: Instant,
     counted: bool,
+    /// A rehearsal fault touched it: its answer is marked `x-bulwark-fault: split-rehearsal`.
+    rehearsed: bool,
 }
 
 impl Attempt {
@@ -171,11 +178,88 @@ impl Drop for Attempt {
 }
 
 impl OnAnswer for Option<Attempt> {
-    fn on_answer(self, res: Result<Response, ProxyError>) -> Result<Response, ProxyError> {
+    fn on_answer(self, mut res: Result<Response, ProxyError>) -> Result<Response, ProxyError> {
         if let Some(mut a) = self {
             a.count(Outcome::of(&res));
+            if let (true, Ok(r)) = (a.rehearsed, &mut res) {
+                r.headers_mut().insert(
+                    crate::policy::fault::H_FAULT,
+                    HeaderValue::from_static(REHEARSAL),
+                );
+            }
         }
         res
+    }
+}
+
+/// The answer a rehearsal abort gives in the subset's place.
+fn rehearsal_abort(status: u16) -> Response {
+    let mut r = http::Response::new(crate::full(format!(
+        "injected fault {REHEARSAL} (status {status})\n"
+    )));
+    *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    r
+}
+
+pin_project_lite::pin_project! {
+    /// One attempt's future: the inner one (counted when it answers), the same after a
+    /// rehearsal delay (the inner future is not polled, so nothing is sent, until it ends), or
+    /// a rehearsal abort's answer (nothing sent at all).
+    #[project = AttemptProj]
+    pub enum AttemptFuture<F> {
+        Pass { #[pin] fut: Then<F, Option<Attempt>> },
+        Delayed { #[pin] sleep: Sleep, #[pin] fut: Then<F, Option<Attempt>> },
+        Aborted { answer: Option<(Response, Attempt)> },
+    }
+}
+
+impl<F> Future for AttemptFuture<F>
+where
+    F: Future<Output = Result<Response, ProxyError>>,
+{
+    type Output = Result<Response, ProxyError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            AttemptProj::Pass { fut } => fut.poll(cx),
+            AttemptProj::Delayed { sleep, fut } => {
+                // A finished `Sleep` stays ready, so polling it again costs nothing.
+                std::task::ready!(sleep.poll(cx));
+                fut.poll(cx)
+            }
+            AttemptProj::Aborted { answer } => {
+                let (r, a) = answer.take().expect("polled after it completed");
+                Poll::Ready(Some(a).on_answer(Ok(r)))
+            }
+        }
+    }
+}
+
+/// An attempt of a request that drew its subset's rehearsal fault.
+fn rehearse<S>(f: SubsetFault, a: Attempt, inner: &mut S, req: Request) -> AttemptFuture<S::Future>
+where
+    S: Service<Request, Response = Response, Error = ProxyError>,
+{
+    match (f.abort, f.delay_ms) {
+        (Some(status), _) => {
+            // As the upstream client does: the head goes back to retry for another try.
+            crate::upstream::HeadBack::give_back(req.into_parts().0);
+            AttemptFuture::Aborted {
+                answer: Some((rehearsal_abort(status), a)),
+            }
+        }
+        (None, Some(ms)) => AttemptFuture::Delayed {
+            sleep: tokio::time::sleep(std::time::Duration::from_millis(ms)),
+            fut: Then::new(inner.call(req), Some(a)),
+        },
+        // Validation admits neither both nor none; pass it through (marked).
+        (None, None) => AttemptFuture::Pass {
+            fut: Then::new(inner.call(req), Some(a)),
+        },
     }
 }
 
@@ -185,23 +269,31 @@ where
 {
     type Response = Response;
     type Error = ProxyError;
-    type Future = Then<S::Future, Option<Attempt>>;
+    type Future = AttemptFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), ProxyError>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, req: Request) -> Self::Future {
+        let mut fault = None;
         let attempt = req.extensions().get::<Routed>().map(|r| {
             if req.headers().contains_key(ATTEMPT) {
                 r.0.stats.retry();
             }
+            fault = r.1;
             Attempt {
                 route: r.0.clone(),
                 start: Instant::now(),
                 counted: false,
+                rehearsed: r.1.is_some(),
             }
         });
-        Then::new(self.inner.call(req), attempt)
+        match (fault, attempt) {
+            (Some(f), Some(a)) => rehearse(f, a, &mut self.inner, req),
+            (_, attempt) => AttemptFuture::Pass {
+                fut: Then::new(self.inner.call(req), attempt),
+            },
+        }
     }
 }

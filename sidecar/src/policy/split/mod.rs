@@ -36,6 +36,14 @@
 //!   (knative/serving#6549). The degrade layer sits outside, so a cache or failover answer never
 //!   hides a failing subset either: the subset's failure is what is counted.
 //!
+//! - **Rehearsal faults** ([`SubsetFault`]): a subset may carry `{"abort": 500, "percent": 5}`
+//!   or `{"delay_ms": 300, "percent": 5}`, so `canary run --rehearse` can make a good build
+//!   look bad. The split layer draws it per request (a second RNG from the split's seed: routing
+//!   stays the same) and records it in [`Routed`]; the attempt layer applies it to every attempt
+//!   of that request in the subset's place (an abort is never sent), so it is counted exactly
+//!   as the subset's own answer would be (`upstream_5xx` in `requests` and `attempts`), and
+//!   marks the answer `x-bulwark-fault: split-rehearsal`. It lives and dies with the split.
+//!
 //! # Place in the stack
 //!
 //! `… ▸ degrade ▸ split ▸ outage gate ▸ breaker ▸ retry ▸ split attempts ▸ forward`: after the
@@ -50,9 +58,11 @@ mod spec;
 #[cfg(test)]
 mod tests;
 
-pub use layer::{SplitAttempt, SplitAttemptLayer, SplitLayer, SplitService, H_SUBSET};
+pub use layer::{
+    AttemptFuture, SplitAttempt, SplitAttemptLayer, SplitLayer, SplitService, H_SUBSET,
+};
 pub use registry::{Outcome, Route, Routed, Slot, Split, SplitError, SplitMetrics, SplitRegistry};
 pub use spec::{
-    LatencyHistogram, Outcomes, SplitSpec, SplitStatus, Subset, SubsetStatus, MAX_SUBSETS, MAX_TTL,
-    STABLE,
+    LatencyHistogram, Outcomes, SplitSpec, SplitStatus, Subset, SubsetFault, SubsetStatus,
+    MAX_FAULT_DELAY_MS, MAX_SUBSETS, MAX_TTL, REHEARSAL, STABLE,
 };

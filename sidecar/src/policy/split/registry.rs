@@ -7,7 +7,8 @@
 //! hot reload (a new stack) finds the live split where it was.
 
 use super::spec::{
-    parse_addr, LatencyHistogram, Outcomes, SplitSpec, SplitStatus, SubsetStatus, STABLE,
+    parse_addr, LatencyHistogram, Outcomes, SplitSpec, SplitStatus, SubsetFault, SubsetStatus,
+    STABLE,
 };
 use crate::metrics::{latency_bounds, latency_histogram};
 use arc_swap::ArcSwapOption;
@@ -123,6 +124,7 @@ pub struct SplitMetrics {
     pub attempt_duration: HistogramFamily<SubsetLabels>,
     pub weight: Family<SubsetLabels, Gauge>,
     pub expired: Family<SplitListenerLabels, Counter>,
+    pub fault_injected: Family<SubsetLabels, Counter>,
 }
 
 impl Default for SplitMetrics {
@@ -134,6 +136,7 @@ impl Default for SplitMetrics {
             attempt_duration: Family::new_with_constructor(latency_histogram),
             weight: Family::default(),
             expired: Family::default(),
+            fault_injected: Family::default(),
         }
     }
 }
@@ -170,6 +173,11 @@ impl SplitMetrics {
             "Splits removed because their TTL ran out (their controller stopped renewing them)",
             self.expired.clone(),
         );
+        r.register(
+            "split_fault_injected",
+            "Requests routed to a subset that its rehearsal fault hit (abort or delay)",
+            self.fault_injected.clone(),
+        );
     }
 }
 
@@ -181,10 +189,12 @@ pub(crate) struct Stats {
     retries: AtomicU64,
     buckets: Vec<AtomicU64>,
     sum_micros: AtomicU64,
+    injected: AtomicU64,
     prom_requests: [Counter; 5],
     prom_attempts: [Counter; 5],
     prom_retries: Counter,
     prom_duration: Histogram,
+    prom_injected: Counter,
 }
 
 impl Stats {
@@ -209,10 +219,12 @@ impl Stats {
             retries: AtomicU64::new(0),
             buckets: (0..=bounds).map(|_| AtomicU64::new(0)).collect(),
             sum_micros: AtomicU64::new(0),
+            injected: AtomicU64::new(0),
             prom_requests: per(&m.requests),
             prom_attempts: per(&m.attempts),
             prom_retries: m.retries.get_or_create(&labels).clone(),
             prom_duration: m.attempt_duration.get_or_create(&labels).clone(),
+            prom_injected: m.fault_injected.get_or_create(&labels).clone(),
         }
     }
 
@@ -233,6 +245,11 @@ impl Stats {
         self.buckets[i].fetch_add(1, Ordering::Relaxed);
         let micros = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
         self.sum_micros.fetch_add(micros, Ordering::Relaxed);
+    }
+
+    pub(crate) fn injected(&self) {
+        self.injected.fetch_add(1, Ordering::Relaxed);
+        self.prom_injected.inc();
     }
 
     pub(crate) fn retry(&self) {
@@ -277,15 +294,18 @@ pub struct Route {
     pub(crate) header: HeaderValue,
     weight: u32,
     addr_text: String,
+    /// The subset's rehearsal fault (never on stable).
+    pub(crate) fault: Option<SubsetFault>,
     pub(crate) stats: Arc<Stats>,
     /// Latency bucket bounds (shared by every route of the registry).
     pub(crate) bounds: Arc<[f64]>,
 }
 
 /// The request extension naming the subset a split chose: the attempt layer counts against it
-/// and the upstream client sends to its address.
+/// (and applies the subset's rehearsal fault to every attempt when the request drew it), and
+/// the upstream client sends to its address.
 #[derive(Clone)]
-pub struct Routed(pub Arc<Route>);
+pub struct Routed(pub Arc<Route>, pub(crate) Option<SubsetFault>);
 
 impl Routed {
     /// The subset's address when it is not stable (the upstream client's override).
@@ -307,7 +327,13 @@ pub struct Split {
     generation: u64,
     installed_ms: u64,
     rng: Mutex<StdRng>,
+    /// Draws the subsets' rehearsal faults: seeded apart from `rng`, so a rehearsal does not
+    /// change which requests go where.
+    fault_rng: Mutex<StdRng>,
 }
+
+/// Mixed into the split's seed for the rehearsal-fault draws.
+const FAULT_SEED: u64 = 0x7265_6865_6172_7365;
 
 /// Fixed seed of the stickiness hash: a client keeps its bucket across splits and restarts.
 const STICKY_SEED: u64 = 0x5b1f_7c3a_9e0d_4261;
@@ -322,6 +348,16 @@ impl Split {
     pub(crate) fn roll(&self) -> &Arc<Route> {
         let b = lock(&self.rng).random_range(0..100usize);
         &self.routes[self.buckets[b] as usize]
+    }
+
+    /// The rehearsal fault `route`'s request gets, if its subset has one and the draw hits it.
+    pub(crate) fn rehearse(&self, route: &Route) -> Option<SubsetFault> {
+        let f = route.fault?;
+        let hit = f.percent >= 100.0 || lock(&self.fault_rng).random::<f64>() * 100.0 < f.percent;
+        if hit {
+            route.stats.injected();
+        }
+        hit.then_some(f)
     }
 
     /// The client's bucket: the same client, the same subset while the weights stay.
@@ -350,6 +386,8 @@ impl Split {
                     attempts: Stats::outcomes(&r.stats.attempts),
                     retries: r.stats.retries.load(Ordering::Relaxed),
                     latency: r.stats.latency(&r.bounds),
+                    fault: r.fault,
+                    fault_injected: r.stats.injected.load(Ordering::Relaxed),
                 })
                 .collect(),
         }
@@ -498,7 +536,11 @@ impl SplitRegistry {
             ),
         };
         let name_arc: Arc<str> = Arc::from(listener);
-        let route = |name: &str, addr: Option<Authority>, text: &str, weight: u32| {
+        let route = |name: &str,
+                     addr: Option<Authority>,
+                     text: &str,
+                     weight: u32,
+                     fault: Option<SubsetFault>| {
             let name: Arc<str> = Arc::from(name);
             Arc::new(Route {
                 stats: keep(&name, text).unwrap_or_else(|| {
@@ -514,14 +556,15 @@ impl SplitRegistry {
                 addr,
                 addr_text: text.to_string(),
                 weight,
+                fault,
                 bounds: self.bounds.clone(),
                 name,
             })
         };
-        let mut routes = vec![route(STABLE, None, stable_addr, spec.stable_weight())];
+        let mut routes = vec![route(STABLE, None, stable_addr, spec.stable_weight(), None)];
         for s in &spec.subsets {
             let addr = parse_addr(&s.addr).map_err(SplitError::Invalid)?;
-            routes.push(route(&s.name, Some(addr), &s.addr, s.weight));
+            routes.push(route(&s.name, Some(addr), &s.addr, s.weight, s.fault));
         }
         let mut buckets = [0u8; 100];
         let mut at = 0usize;
@@ -543,6 +586,7 @@ impl SplitRegistry {
             generation,
             installed_ms,
             rng: Mutex::new(StdRng::seed_from_u64(seed)),
+            fault_rng: Mutex::new(StdRng::seed_from_u64(seed ^ FAULT_SEED)),
             routes,
         });
         if let Some(o) = &old {
@@ -556,7 +600,9 @@ impl SplitRegistry {
         slot.split.store(Some(split.clone()));
         slot.live.store(true, Ordering::Release);
         tracing::info!(listener, generation, ttl = ?ttl, subsets = ?split.routes.iter()
-            .map(|r| format!("{}={}%", r.name, r.weight)).collect::<Vec<_>>(), "traffic split installed");
+            .map(|r| format!("{}={}%", r.name, r.weight)).collect::<Vec<_>>(),
+            rehearsal = ?split.routes.iter().filter_map(|r| r.fault.map(|f| format!("{}: {f:?}", r.name)))
+            .collect::<Vec<_>>(), "traffic split installed");
         Ok(split.status(listener, now))
     }
 

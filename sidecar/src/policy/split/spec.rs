@@ -8,6 +8,10 @@ use std::time::Duration;
 
 /// The name of the listener's own upstream as a subset: it takes the weight the others leave.
 pub const STABLE: &str = "stable";
+/// Longest rehearsal delay a subset's fault may add (as fault injection's own bound).
+pub const MAX_FAULT_DELAY_MS: u64 = 60_000;
+/// The value of `x-bulwark-fault` on an answer a subset's rehearsal fault touched.
+pub const REHEARSAL: &str = "split-rehearsal";
 /// Subsets beside stable, at most.
 pub const MAX_SUBSETS: usize = 8;
 /// A split lives at most this long without being renewed (as faults do).
@@ -22,7 +26,7 @@ const MAX_CONTROLLER_LEN: usize = 64;
 ///              {"name": "baseline", "addr": "127.0.0.22:5001", "weight": 5}],
 ///  "ttl": "2m", "sticky": true, "controller": "canary-7f3a"}
 /// ```
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SplitSpec {
     pub subsets: Vec<Subset>,
@@ -46,13 +50,116 @@ pub struct SplitSpec {
 
 /// One subset: a name (`candidate`, `baseline`, …; not `stable`), the upstream it sends to and
 /// its share of the requests in percent (0–100; a weight of 0 is reachable only by pinning).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Subset {
     pub name: String,
     /// `HOST:PORT`, the same form as a listener's `upstream`.
     pub addr: String,
     pub weight: u32,
+    /// A rehearsal fault for the requests routed to this subset (see [`SubsetFault`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fault: Option<SubsetFault>,
+}
+
+impl Subset {
+    /// A subset without a rehearsal fault.
+    pub fn new(name: impl Into<String>, addr: impl Into<String>, weight: u32) -> Self {
+        Self {
+            name: name.into(),
+            addr: addr.into(),
+            weight,
+            fault: None,
+        }
+    }
+
+    /// The same subset with a rehearsal fault.
+    pub fn with_fault(mut self, fault: SubsetFault) -> Self {
+        self.fault = Some(fault);
+        self
+    }
+}
+
+/// A **rehearsal fault** on one subset: `{"abort": 500, "percent": 5}` or `{"delay_ms": 300,
+/// "percent": 5}` (exactly one of `abort` and `delay_ms`). It makes a good build look bad so an
+/// operator can prove a rollout catches one (`canary run --rehearse abort=500,percent=5`); the
+/// sidecar's own fault layer cannot do it, as it runs before the split and sees only stable's
+/// upstream.
+///
+/// - **Which requests**: `percent` of the requests routed to the subset (by roll, stickiness or
+///   pin), drawn from a second RNG seeded from the split's `seed` (so routing is the same with or
+///   without a rehearsal). The draw is made once per request: a hit request gets the fault on
+///   *every* attempt, so a retry cannot hide it (a bad build fails a request every time, too).
+/// - **Where**: between retry and the upstream client, as if the subset answered so itself: an
+///   abort is never sent, and answers `abort` (500–599: a status below 500 would count as `ok`
+///   and rehearse nothing); a delay waits `delay_ms` before the attempt is sent, inside the
+///   attempt's time (the per-try timeout and the latency histogram see it).
+/// - **Counted** like the subset's own answer: an abort is `upstream_5xx` in the subset's
+///   `attempts` and `requests` (the retry layer retries a 502–504 as it would a real one, and
+///   the breaker counts it), a delay is `ok` (or `timeout`) with its latency; `fault_injected`
+///   in `GET /split` counts the requests hit. The answer carries `x-bulwark-fault:
+///   split-rehearsal`.
+/// - **Lifetime**: the split's. It goes with the split's TTL or `DELETE`, and the owner's next
+///   `PUT` keeps it only if it names it again.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubsetFault {
+    /// Answer this status (500–599) instead of sending the request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub abort: Option<u16>,
+    /// Wait this long (at most 60 000 ms) before sending the request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delay_ms: Option<u64>,
+    /// Share of the subset's requests that get the fault, percent in (0, 100].
+    pub percent: f64,
+}
+
+impl SubsetFault {
+    pub fn abort(status: u16, percent: f64) -> Self {
+        Self {
+            abort: Some(status),
+            delay_ms: None,
+            percent,
+        }
+    }
+
+    pub fn delay(ms: u64, percent: f64) -> Self {
+        Self {
+            abort: None,
+            delay_ms: Some(ms),
+            percent,
+        }
+    }
+
+    /// The rules `PUT /split` applies to a subset's fault.
+    pub fn validate(&self) -> Result<(), String> {
+        match (self.abort, self.delay_ms) {
+            (Some(_), Some(_)) | (None, None) => {
+                return Err("a fault is either {\"abort\": STATUS, \"percent\": P} or \
+                            {\"delay_ms\": MS, \"percent\": P}"
+                    .into())
+            }
+            (Some(s), None) if !(500..=599).contains(&s) => {
+                return Err(format!(
+                    "fault abort status must be 500 to 599 (an answer below 500 counts as ok \
+                     and rehearses nothing), got {s}"
+                ))
+            }
+            (None, Some(ms)) if ms == 0 || ms > MAX_FAULT_DELAY_MS => {
+                return Err(format!(
+                    "fault delay_ms must be 1 to {MAX_FAULT_DELAY_MS}, got {ms}"
+                ))
+            }
+            _ => {}
+        }
+        if !(self.percent > 0.0 && self.percent <= 100.0) {
+            return Err(format!(
+                "fault percent must be above 0 and at most 100, got {}",
+                self.percent
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl SplitSpec {
@@ -72,6 +179,10 @@ impl SplitSpec {
                 return Err(format!("subset name {:?} appears twice", s.name));
             }
             parse_addr(&s.addr).map_err(|e| format!("subset {:?}: {e}", s.name))?;
+            if let Some(f) = &s.fault {
+                f.validate()
+                    .map_err(|e| format!("subset {:?}: {e}", s.name))?;
+            }
             if s.weight > 100 {
                 return Err(format!(
                     "subset {:?}: weight must be 0 to 100 (percent), got {}",
@@ -185,6 +296,12 @@ pub struct SubsetStatus {
     pub retries: u64,
     /// Time to response headers per attempt.
     pub latency: LatencyHistogram,
+    /// The subset's rehearsal fault, if its split has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fault: Option<SubsetFault>,
+    /// Requests the rehearsal fault hit (each counted in `requests` by its outcome as well).
+    #[serde(default)]
+    pub fault_injected: u64,
 }
 
 /// Outcomes of requests or attempts. `ok`: an answer below 500; `degraded`: an answer a

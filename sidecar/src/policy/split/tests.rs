@@ -114,11 +114,7 @@ fn spec(subsets: &[(&str, &str, u32)], ttl_ms: u64) -> SplitSpec {
     SplitSpec {
         subsets: subsets
             .iter()
-            .map(|(n, a, w)| Subset {
-                name: n.to_string(),
-                addr: a.to_string(),
-                weight: *w,
-            })
+            .map(|(n, a, w)| Subset::new(*n, *a, *w))
             .collect(),
         ttl: Some(Ttl(Duration::from_millis(ttl_ms))),
         sticky: false,
@@ -391,6 +387,37 @@ fn bad_specs_are_refused_with_a_reason() {
         (spec(&[("candidate", "127.0.0.1", 5)], 1000), "HOST:PORT"),
         (spec(&[("candidate", "http://x:1/p", 5)], 1000), "HOST:PORT"),
         (spec(&[("candidate", "u@x:1", 5)], 1000), "HOST:PORT"),
+        (faulty(SubsetFault::abort(404, 5.0)), "500 to 599"),
+        (
+            faulty(SubsetFault::abort(500, 0.0)),
+            "above 0 and at most 100",
+        ),
+        (
+            faulty(SubsetFault::abort(500, 100.5)),
+            "above 0 and at most 100",
+        ),
+        (
+            faulty(SubsetFault::abort(500, f64::NAN)),
+            "above 0 and at most 100",
+        ),
+        (faulty(SubsetFault::delay(60_001, 5.0)), "1 to 60000"),
+        (faulty(SubsetFault::delay(0, 5.0)), "1 to 60000"),
+        (
+            faulty(SubsetFault {
+                abort: Some(500),
+                delay_ms: Some(5),
+                percent: 5.0,
+            }),
+            "either",
+        ),
+        (
+            faulty(SubsetFault {
+                abort: None,
+                delay_ms: None,
+                percent: 5.0,
+            }),
+            "either",
+        ),
     ];
     for (s, why) in cases {
         let e = reg.put("api", STABLE_ADDR, s.clone()).unwrap_err();
@@ -434,4 +461,194 @@ async fn one_controller_owns_a_live_split_and_keeps_its_counters() {
     reg.put("api", STABLE_ADDR, owned(None, 5)).unwrap();
     reg.put("api", STABLE_ADDR, owned(Some("c"), 5)).unwrap();
     assert_eq!(reg.list().len(), 1);
+}
+
+/// A split whose candidate (weight 50) carries `fault`.
+fn faulty(fault: SubsetFault) -> SplitSpec {
+    let mut s = spec(&[("candidate", CAND, 50)], 60_000);
+    s.subsets[0].fault = Some(fault);
+    s
+}
+
+/// Split, retry, attempts and a counting upstream answering 200 (it records a request when its
+/// future is first polled, as the upstream client sends then) — no breaker, so every rehearsal
+/// abort reaches the counters as the subset's own answer.
+fn plain_stack(slot: Arc<Slot>, retry: Option<RetryConfig>) -> (Stack, Log) {
+    let log: Log = Arc::default();
+    let seen = log.clone();
+    let upstream = tower::service_fn(move |req: Request| {
+        let addr = req
+            .extensions()
+            .get::<Routed>()
+            .and_then(Routed::addr)
+            .map(|a| a.to_string());
+        let s = Seen {
+            upstream: RequestMeta::of(&req).unwrap().upstream.to_string(),
+            pinned: false,
+            addr,
+        };
+        crate::upstream::HeadBack::give_back(req.into_parts().0);
+        let seen = seen.clone();
+        // Sent when first polled, as the upstream client's future is.
+        async move {
+            seen.lock().unwrap().push(s);
+            Ok::<_, ProxyError>(Response::new(crate::empty()))
+        }
+    });
+    let retry = retry.unwrap_or(RetryConfig {
+        max_retries: 0,
+        ..Default::default()
+    });
+    let svc = ServiceBuilder::new()
+        .layer(SplitLayer::new(slot))
+        .layer(RetryLayer::new(retry, RetryMetrics::default()))
+        .layer(SplitAttemptLayer)
+        .service(upstream);
+    (BoxCloneSyncService::new(svc), log)
+}
+
+fn rehearsed(r: &Response) -> bool {
+    r.headers()
+        .get(crate::policy::fault::H_FAULT)
+        .is_some_and(|v| v == REHEARSAL)
+}
+
+#[tokio::test]
+async fn a_rehearsal_abort_hits_its_share_of_the_candidates_requests_only() {
+    let run = |fault: Option<SubsetFault>| async move {
+        let reg = registry();
+        let mut sp = spec(&[("candidate", CAND, 50)], 60_000);
+        sp.subsets[0].fault = fault;
+        reg.put("api", STABLE_ADDR, sp).unwrap();
+        let (s, log) = plain_stack(reg.slot("api"), None);
+        let (mut order, mut aborted) = (Vec::new(), 0u64);
+        for i in 0..4000 {
+            let r = send(&s, req(&i.to_string(), None)).await.unwrap();
+            let sub = subset_of(&r).unwrap();
+            if r.status() == 500 {
+                assert!(rehearsed(&r) && sub == "candidate", "{r:?}");
+                aborted += 1;
+            } else {
+                assert_eq!(r.status(), 200);
+                assert!(!rehearsed(&r));
+            }
+            order.push(sub);
+        }
+        let sent = log.lock().unwrap().len() as u64;
+        (reg.get("api").unwrap(), order, aborted, sent)
+    };
+    let (st, order, aborted, sent) = run(Some(SubsetFault::abort(500, 5.0))).await;
+    let c = st.subset("candidate").unwrap();
+    let n = c.requests.total();
+    assert!(n.abs_diff(2000) < 150, "{n} candidate requests");
+    // 5 % of ~2,000: 100, binomial sd ~10; ±35 is 3.5 sd.
+    assert!(aborted.abs_diff(n / 20) <= 35, "{aborted} of {n} aborted");
+    assert_eq!(c.fault, Some(SubsetFault::abort(500, 5.0)));
+    assert_eq!(c.fault_injected, aborted);
+    assert_eq!(
+        c.requests.upstream_5xx, aborted,
+        "counted against the candidate"
+    );
+    assert_eq!(c.attempts.upstream_5xx, aborted);
+    assert_eq!(c.latency.count, n, "every attempt timed, the aborted too");
+    assert_eq!(c.requests.ok, n - aborted);
+    assert_eq!(sent, 4000 - aborted, "an abort is never sent upstream");
+    let stable = st.subset("stable").unwrap();
+    assert_eq!((stable.requests.errors(), stable.fault_injected), (0, 0));
+    assert_eq!(stable.fault, None);
+    // The same seed draws the same faults; the rehearsal leaves routing as it was.
+    let (_, again, aborted_again, _) = run(Some(SubsetFault::abort(500, 5.0))).await;
+    assert_eq!((&order, aborted), (&again, aborted_again));
+    let (_, plain, none, _) = run(None).await;
+    assert_eq!((&order, 0), (&plain, none));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rehearsal_abort_fails_every_attempt_of_its_request() {
+    let reg = registry();
+    let mut sp = spec(&[("candidate", CAND, 0)], 60_000);
+    sp.subsets[0].fault = Some(SubsetFault::abort(503, 100.0));
+    reg.put("api", STABLE_ADDR, sp).unwrap();
+    let (s, log) = plain_stack(reg.slot("api"), Some(retrying()));
+    let r = send(&s, req("a", Some("candidate"))).await.unwrap();
+    assert_eq!(r.status(), 503);
+    assert!(rehearsed(&r));
+    assert_eq!(subset_of(&r).as_deref(), Some("candidate"));
+    assert!(
+        log.lock().unwrap().is_empty(),
+        "nothing reached the upstream"
+    );
+    let st = reg.get("api").unwrap();
+    let c = st.subset("candidate").unwrap();
+    assert_eq!(
+        (c.attempts.upstream_5xx, c.retries),
+        (3, 2),
+        "retried, every try aborted"
+    );
+    assert_eq!((c.requests.upstream_5xx, c.fault_injected), (1, 1));
+    // Stable is never rehearsed.
+    let r = send(&s, req("a", Some("stable"))).await.unwrap();
+    assert_eq!((r.status().as_u16(), rehearsed(&r)), (200, false));
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_rehearsal_delay_slows_the_attempt_and_is_timed_with_it() {
+    let reg = registry();
+    let mut sp = spec(&[("candidate", CAND, 0)], 60_000);
+    sp.subsets[0].fault = Some(SubsetFault::delay(300, 100.0));
+    reg.put("api", STABLE_ADDR, sp).unwrap();
+    let (s, log) = plain_stack(reg.slot("api"), None);
+    let t0 = tokio::time::Instant::now();
+    let r = send(&s, req("a", Some("candidate"))).await.unwrap();
+    assert_eq!(t0.elapsed(), Duration::from_millis(300));
+    assert_eq!(r.status(), 200);
+    assert!(rehearsed(&r));
+    assert_eq!(log.lock().unwrap().len(), 1, "sent after the delay");
+    let c = reg.get("api").unwrap().subsets[1].clone();
+    assert_eq!((c.requests.ok, c.fault_injected), (1, 1));
+    assert_eq!(
+        c.latency.quantile(0.5),
+        Some(0.4096),
+        "300 ms in the attempt's time"
+    );
+
+    // Under a per-try timeout shorter than the delay, the attempts time out.
+    let mut cfg = retrying();
+    cfg.max_retries = 1;
+    let (s, log) = plain_stack(reg.slot("api"), Some(cfg));
+    let e = send(&s, req("a", Some("candidate"))).await.unwrap_err();
+    assert!(matches!(e, ProxyError::Timeout { .. }), "{e}");
+    assert!(log.lock().unwrap().is_empty());
+    let c = reg.get("api").unwrap().subsets[1].clone();
+    assert_eq!((c.attempts.timeout, c.requests.timeout), (2, 1));
+}
+
+#[test]
+fn the_rehearsal_fault_goes_with_the_spec_and_the_split() {
+    let reg = registry();
+    let sp = SplitSpec {
+        controller: Some("a".into()),
+        ..faulty(SubsetFault::delay(50, 2.5))
+    };
+    let wire = serde_json::to_value(&sp).unwrap();
+    assert_eq!(
+        wire["subsets"][0]["fault"],
+        serde_json::json!({"delay_ms": 50, "percent": 2.5})
+    );
+    let back: SplitSpec = serde_json::from_value(serde_json::json!({
+        "subsets": [{"name": "candidate", "addr": CAND, "weight": 5,
+                     "fault": {"abort": 500, "percent": 5}}],
+        "ttl": "1m"}))
+    .unwrap();
+    assert_eq!(back.subsets[0].fault, Some(SubsetFault::abort(500, 5.0)));
+    let st = reg.put("api", STABLE_ADDR, sp.clone()).unwrap();
+    assert_eq!(st.subsets[1].fault, Some(SubsetFault::delay(50, 2.5)));
+    // The owner's next PUT without it ends the rehearsal.
+    let mut plain = sp;
+    plain.subsets[0].fault = None;
+    let st = reg.put("api", STABLE_ADDR, plain).unwrap();
+    assert_eq!(st.subsets[1].fault, None);
+    assert!(serde_json::to_value(&st).unwrap()["subsets"][1]
+        .get("fault")
+        .is_none());
 }
