@@ -12,11 +12,15 @@
 //! - [`sim`]: a seeded simulation over the real decision code (false rollback rate, power, requests
 //!   needed to reject a bad build).
 //!
-//! The controller and the `canary` binary (which start the candidate, install the sidecar split,
-//! poll counters and feed [`decide::Rollout::tick`]) are a later step; see docs/canary.md.
+//! - [`controller`]: `canary run` — starts the candidate (and a fresh baseline) as transient
+//!   members, installs the sidecar split, polls its counters and feeds [`decide::Rollout::tick`],
+//!   carries out the decisions; [`journal`] and [`report`] record it. The binary is `src/main.rs`.
 #![forbid(unsafe_code)]
 
+pub mod controller;
 pub mod decide;
+pub mod journal;
 pub mod plan;
+pub mod report;
 pub mod sim;
 pub mod stats;

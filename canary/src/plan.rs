@@ -50,6 +50,17 @@ pub struct Target {
     pub admin: SocketAddr,
     /// The sidecar listeners whose traffic is split (their counts are summed per arm).
     pub listeners: Vec<String>,
+    /// The node's data directory (its `config.toml` and `swarm.key`): the controller reads the
+    /// node's ports, peer address and swarm key from it to start transient members beside it.
+    /// Needed by `canary run`, not by `validate`.
+    #[serde(default)]
+    pub data: Option<PathBuf>,
+    /// How promotion restarts the node on another binary: a shell command, run with `sh -c`,
+    /// in which `{binary}` and `{data}` are replaced. It must stop the running node and start it
+    /// again (detached) on `{binary}` with its data, then return. Without it a passed rollout
+    /// cannot promote (the controller says so and rolls back).
+    #[serde(default)]
+    pub restart: Option<String>,
 }
 
 /// The candidate build.

@@ -27,6 +27,8 @@ struct RawTarget {
     node: S<String>,
     admin: S<String>,
     listeners: S<Vec<String>>,
+    data: Option<S<String>>,
+    restart: Option<S<String>>,
 }
 
 #[derive(Deserialize)]
@@ -303,10 +305,27 @@ fn targets(c: &mut Check, raw: &S<Vec<S<RawTarget>>>) -> Vec<Target> {
                 "the same node or admin address twice",
             );
         }
+        let data = t
+            .get_ref()
+            .data
+            .as_ref()
+            .map(|d| PathBuf::from(c.non_empty(d, &f("data"))));
+        let restart = t.get_ref().restart.as_ref().map(|r| {
+            let ok = r.get_ref().contains("{binary}");
+            c.ensure(
+                r,
+                &f("restart"),
+                ok,
+                "must contain {binary} (the binary the node is restarted on)",
+            );
+            r.get_ref().clone()
+        });
         out.push(Target {
             node,
             admin,
             listeners: names.clone(),
+            data,
+            restart,
         });
     }
     out

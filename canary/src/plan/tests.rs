@@ -237,3 +237,24 @@ fn unreadable_file() {
         "{e}"
     );
 }
+
+#[test]
+fn target_data_and_restart() {
+    let text = with(
+        "listeners = [\"rpc\", \"gateway\"]",
+        "listeners = [\"rpc\", \"gateway\"]\ndata = \"/var/lib/n3\"\nrestart = \"systemctl restart n3 {binary}\"",
+    );
+    let p = Plan::parse(&text, "p.toml").unwrap();
+    assert_eq!(p.targets[0].data, Some(PathBuf::from("/var/lib/n3")));
+    assert!(p.targets[0]
+        .restart
+        .as_deref()
+        .unwrap()
+        .contains("{binary}"));
+    let bad = with(
+        "listeners = [\"rpc\", \"gateway\"]",
+        "listeners = [\"rpc\", \"gateway\"]\nrestart = \"systemctl restart n3\"",
+    );
+    let msg = one(&bad, 7, "target[0].restart");
+    assert!(msg.contains("{binary}"), "{msg}");
+}

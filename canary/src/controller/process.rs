@@ -1,0 +1,220 @@
+//! The candidate and fresh-baseline processes: `storage init` + `storage daemon --transient` of a
+//! given binary on free loopback ports, joined to the cluster through the target node's peer
+//! address; stopped with SIGTERM, a bounded wait, then SIGKILL.
+use super::node::{NodeInfo, Role};
+use super::Error;
+use crate::decide::ProcessState;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+use tokio::process::{Child, Command};
+
+/// How long a started member has to answer `/api/v0/id`.
+const START_LIMIT: Duration = Duration::from_secs(20);
+/// How long SIGTERM gets before SIGKILL.
+const STOP_LIMIT: Duration = Duration::from_secs(5);
+
+/// A transient member this controller started.
+pub struct Member {
+    /// `candidate` or `baseline`.
+    pub name: String,
+    /// The binary it runs.
+    pub binary: PathBuf,
+    /// Kubo RPC.
+    pub rpc: SocketAddr,
+    /// Gateway.
+    pub gateway: SocketAddr,
+    /// Cluster REST.
+    pub cluster: SocketAddr,
+    /// Its peer ID.
+    pub peer_id: String,
+    child: Option<Child>,
+    exited: Option<Option<i32>>,
+}
+
+fn free_addr() -> Result<SocketAddr, Error> {
+    let l = TcpListener::bind("127.0.0.1:0").map_err(|e| Error::Env(format!("free port: {e}")))?;
+    l.local_addr()
+        .map_err(|e| Error::Env(format!("free port: {e}")))
+}
+
+fn arg(p: &Path) -> String {
+    p.display().to_string()
+}
+
+impl Member {
+    /// Initialises and starts `binary` as transient member `name` under `dir`, and waits until
+    /// it answers. On any failure nothing is left running.
+    pub async fn start(
+        name: &str,
+        binary: &Path,
+        dir: &Path,
+        node: &NodeInfo,
+        http: &reqwest::Client,
+    ) -> Result<Member, Error> {
+        if !binary.is_file() {
+            return Err(Error::Env(format!(
+                "{name} binary {} does not exist",
+                binary.display()
+            )));
+        }
+        let data = dir.join(name);
+        let (rpc, gateway, cluster) = (free_addr()?, free_addr()?, free_addr()?);
+        let (peer, nbd) = (free_addr()?, free_addr()?);
+        let init = Command::new(binary)
+            .args(["init", "--data", &arg(&data), "--swarm-key"])
+            .arg(&node.swarm_key)
+            .args(["--peername", &format!("canary-{name}")])
+            .args(["--rpc", &rpc.to_string(), "--gateway", &gateway.to_string()])
+            .args(["--cluster", &cluster.to_string()])
+            .args([
+                "--peer-listen",
+                &peer.to_string(),
+                "--nbd",
+                &nbd.to_string(),
+            ])
+            .args(["--bootstrap", &node.peer.to_string()])
+            .args(["--block-host", &format!("canary-{name}")])
+            .stdin(Stdio::null())
+            .output()
+            .await
+            .map_err(|e| Error::Env(format!("{name}: {} init: {e}", binary.display())))?;
+        if !init.status.success() {
+            return Err(Error::Env(format!(
+                "{name}: {} init failed: {}",
+                binary.display(),
+                String::from_utf8_lossy(&init.stderr).trim()
+            )));
+        }
+        let log = std::fs::File::create(dir.join(format!("{name}.log")))
+            .map_err(|e| Error::Env(format!("{name} log: {e}")))?;
+        let err = log
+            .try_clone()
+            .map_err(|e| Error::Env(format!("{name} log: {e}")))?;
+        let child = Command::new(binary)
+            .args(["daemon", "--transient", "--data", &arg(&data)])
+            .stdin(Stdio::null())
+            .stdout(log)
+            .stderr(err)
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| Error::Env(format!("{name}: {} daemon: {e}", binary.display())))?;
+        let mut m = Member {
+            name: name.into(),
+            binary: binary.into(),
+            peer_id: peer_id(&data).unwrap_or_default(),
+            rpc,
+            gateway,
+            cluster,
+            child: Some(child),
+            exited: None,
+        };
+        if let Err(e) = m.wait_ready(http).await {
+            m.stop().await;
+            return Err(e);
+        }
+        Ok(m)
+    }
+
+    async fn wait_ready(&mut self, http: &reqwest::Client) -> Result<(), Error> {
+        let url = format!("http://{}/api/v0/id", self.rpc);
+        let start = Instant::now();
+        while start.elapsed() < START_LIMIT {
+            if let ProcessState::Exited { code } = self.state() {
+                return Err(Error::Env(format!(
+                    "{} ({}) exited while starting (code {code:?}); see {}.log",
+                    self.name,
+                    self.binary.display(),
+                    self.name
+                )));
+            }
+            if let Ok(r) = http.post(&url).send().await {
+                if r.status().is_success() {
+                    return Ok(());
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Err(Error::Env(format!(
+            "{} did not answer within {START_LIMIT:?}",
+            self.name
+        )))
+    }
+
+    /// The node port playing `role`.
+    pub fn port(&self, role: Role) -> SocketAddr {
+        match role {
+            Role::Rpc => self.rpc,
+            Role::Gateway => self.gateway,
+            Role::Cluster => self.cluster,
+        }
+    }
+
+    /// The process's pid while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().and_then(|c| c.id())
+    }
+
+    /// Running, or exited with its code (`None`: killed by a signal).
+    pub fn state(&mut self) -> ProcessState {
+        if let Some(code) = self.exited {
+            return ProcessState::Exited { code };
+        }
+        let Some(c) = self.child.as_mut() else {
+            return ProcessState::Exited { code: None };
+        };
+        match c.try_wait() {
+            Ok(Some(st)) => {
+                self.exited = Some(st.code());
+                ProcessState::Exited { code: st.code() }
+            }
+            _ => ProcessState::Running,
+        }
+    }
+
+    /// SIGTERM, up to 5 s, then SIGKILL. True when it left cleanly (exit 0 after SIGTERM).
+    pub async fn stop(&mut self) -> bool {
+        let Some(mut c) = self.child.take() else {
+            return false;
+        };
+        if let Ok(Some(_)) = c.try_wait() {
+            return false;
+        }
+        if let Some(pid) = c.id() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &pid.to_string()])
+                .status()
+                .await;
+        }
+        match tokio::time::timeout(STOP_LIMIT, c.wait()).await {
+            Ok(Ok(st)) => st.success(),
+            _ => {
+                let _ = c.kill().await;
+                false
+            }
+        }
+    }
+}
+
+fn peer_id(data: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(data.join("identity.json")).ok()?;
+    let v: serde_json::Value = serde_json::from_str(&text).ok()?;
+    v["PeerID"].as_str().map(String::from)
+}
+
+/// `DELETE /peers/{id}` on the node's Cluster REST API (`storage peers rm`): a member that did not
+/// say goodbye is removed for good.
+pub async fn peers_rm(http: &reqwest::Client, cluster: SocketAddr, id: &str) -> Result<(), String> {
+    let url = format!("http://{cluster}/peers/{id}");
+    let r = http.delete(&url).send().await.map_err(|e| e.to_string())?;
+    if r.status().is_success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{}: {}",
+            r.status(),
+            r.text().await.unwrap_or_default()
+        ))
+    }
+}
