@@ -683,3 +683,22 @@ async fn start_mesh_with(
     }
     hosts
 }
+
+/// The `canary` binary, built once (the common `bin_dir` build covers storage and sidecar).
+pub fn canary_bin() -> PathBuf {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    let dir = bin_dir();
+    BUILT.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.args(["build", "--quiet", "--bins", "-p", "canary"]);
+        if dir.file_name().is_some_and(|n| n == "release") {
+            cmd.arg("--release");
+        }
+        assert!(
+            cmd.status().expect("cargo build").success(),
+            "building canary failed"
+        );
+    });
+    dir.join("canary")
+}

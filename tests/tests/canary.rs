@@ -1,0 +1,180 @@
+//! The `canary` binary end to end: real storage nodes, a real sidecar in front of node 3, and the
+//! controller as a process.
+
+use bulwark_e2e::{canary_bin, free_addr, get_json, wait_for, Cluster, SidecarProc};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+fn canary(state: &Path, args: &[&str]) -> Output {
+    Command::new(canary_bin())
+        .arg("--state")
+        .arg(state)
+        .args(args)
+        .output()
+        .expect("run canary")
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+/// A plan for node 3 of `c` behind sidecar admin `admin`; `extra` replaces parts.
+fn plan(dir: &Path, admin: &str, data: &Path, cand: &Path, body: &str) -> PathBuf {
+    let p = dir.join("plan.toml");
+    let t = format!(
+        "name = \"e2e\"\n\n[[target]]\nnode = \"node3\"\nadmin = \"{admin}\"\nlisteners = [\"rpc\"]\n\
+         data = \"{}\"\n\n[candidate]\nbinary = \"{}\"\n\n{body}",
+        data.display(),
+        cand.display()
+    );
+    std::fs::write(&p, t).unwrap();
+    p
+}
+
+const FAST: &str =
+    "[baseline]\nkind = \"fresh\"\n\n[steps]\nweights = [10, 50]\nmin_time = \"1s\"\n\
+    max_time = \"20s\"\nmin_requests = 50\ntick = \"500ms\"\n\n[slo]\nerror_rate = 0.001\n\
+    p99_ratio = 100.0\n\n[test]\nalpha = 0.05\nbeta = 0.2\neffect = 2.0\n\n[inconclusive]\n\
+    hold = \"5s\"\n\n[promotion]\nscope = \"one\"\nbake = \"0s\"\n\n[split]\nttl = \"3s\"\n\n\
+    [load]\nlistener = \"rpc\"\nrate = 200\nmethod = \"POST\"\npaths = [\"/api/v0/version\"]\n";
+
+/// A 3-node cluster and a sidecar whose listener `rpc` fronts node 3's RPC.
+async fn setup() -> (Cluster, SidecarProc, SocketAddrs) {
+    let c = Cluster::start(3, &[]).await;
+    let listen = free_addr();
+    let admin = free_addr();
+    let body = format!(
+        "[[listener]]\nname = \"rpc\"\nlisten = \"{listen}\"\nupstream = \"{}\"\n",
+        c.nodes[2].rpc
+    );
+    let s = SidecarProc::start_with_admin(c.dir.path(), "sc3", &body, admin);
+    s.wait_ready().await;
+    (c, s, SocketAddrs { admin, listen })
+}
+
+struct SocketAddrs {
+    admin: std::net::SocketAddr,
+    #[allow(dead_code)]
+    listen: std::net::SocketAddr,
+}
+
+#[test]
+fn an_invalid_plan_exits_64_naming_file_line_and_field() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = plan(
+        dir.path(),
+        "127.0.0.1:1",
+        Path::new("/x"),
+        Path::new("/y"),
+        "[baseline]\nkind = \"sideways\"\n",
+    );
+    for cmd in ["validate", "run"] {
+        let o = canary(dir.path(), &[cmd, p.to_str().unwrap()]);
+        assert_eq!(o.status.code(), Some(64), "{}", text(&o));
+        let t = text(&o);
+        assert!(
+            t.contains(&format!("{}:13: baseline.kind:", p.display())),
+            "{t}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_missing_candidate_binary_exits_5_with_nothing_left_running() {
+    let (c, s, a) = setup().await;
+    let dir = tempfile::tempdir().unwrap();
+    let p = plan(
+        dir.path(),
+        &a.admin.to_string(),
+        &c.nodes[2].data,
+        Path::new("/nonexistent/storage"),
+        FAST,
+    );
+    let o = canary(dir.path(), &["run", p.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(5), "{}", text(&o));
+    assert!(text(&o).contains("does not exist"), "{}", text(&o));
+    let splits = get_json(&s.admin_url("/split")).await;
+    assert_eq!(
+        splits["splits"].as_array().map(Vec::len),
+        Some(0),
+        "{splits}"
+    );
+    // Nothing joined: still three members.
+    c.wait_members(3).await;
+    assert!(!dir.path().join("controller.json").exists());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rehearsed_abort_build_is_rolled_back_and_journal_matches_the_sidecar() {
+    let (c, s, a) = setup().await;
+    let dir = tempfile::tempdir().unwrap();
+    let bin = bulwark_e2e::storage_bin();
+    let p = plan(
+        dir.path(),
+        &a.admin.to_string(),
+        &c.nodes[2].data,
+        &bin,
+        FAST,
+    );
+    let o = canary(
+        dir.path(),
+        &[
+            "run",
+            p.to_str().unwrap(),
+            "--seed",
+            "7",
+            "--rehearse",
+            "abort=500,percent=5",
+        ],
+    );
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{t}");
+    assert!(t.contains("ROLLBACK"), "{t}");
+    assert!(t.contains("split removed"), "{t}");
+    let j: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("journal.json")).unwrap())
+            .unwrap();
+    assert_eq!(j["rehearsal"], "abort=500,percent=5");
+    let v = &j["verdict"];
+    let cand = v["candidate"]["requests"].as_u64().unwrap();
+    assert!(cand > 0 && cand <= 1000, "{v}");
+    // Journal counts + those admitted after the split was removed = the sidecar's counters.
+    let metrics = s.metrics().await;
+    let sidecar = metric_attempts(&metrics, "candidate");
+    let after = v["admitted_after_split"].as_u64().unwrap();
+    assert_eq!(cand + after, sidecar, "{v}");
+    assert!(after <= 50, "{v}");
+    let splits = get_json(&s.admin_url("/split")).await;
+    assert_eq!(
+        splits["splits"].as_array().map(Vec::len),
+        Some(0),
+        "{splits}"
+    );
+    // The candidate and baseline left: three members again.
+    wait_for("members back to 3", Duration::from_secs(15), || async {
+        let peers = c.nodes[0].peers().await;
+        (peers
+            .iter()
+            .filter(|p| p["error"].as_str() == Some(""))
+            .count()
+            == 3)
+            .then_some(())
+    })
+    .await;
+    assert!(dir.path().join("report.html").exists());
+}
+
+/// Sum of `bulwark_split_attempts_total{subset="NAME"}` (process-cumulative).
+fn metric_attempts(text: &str, subset: &str) -> u64 {
+    let needle = format!("subset=\"{subset}\"");
+    text.lines()
+        .filter(|l| l.starts_with("bulwark_split_attempts_total{") && l.contains(&needle))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
