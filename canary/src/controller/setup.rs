@@ -71,6 +71,12 @@ pub(super) async fn start(opts: RunOptions) -> Result<Ctl, Error> {
         .build()
         .map_err(env("http client"))?;
     let listeners = node::listeners(&http, target.admin, &target.listeners, &node).await?;
+    if !plan.candidate.binary.is_file() {
+        return Err(Error::Env(format!(
+            "candidate binary {} does not exist",
+            plan.candidate.binary.display()
+        )));
+    }
     let cand_digest =
         digest(&plan.candidate.binary).map_err(|e| Error::Env(format!("candidate: {e}")))?;
     if !opts.force && rolled_back(&opts.state).contains(&cand_digest) {
