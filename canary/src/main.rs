@@ -29,27 +29,7 @@ enum Cmd {
     /// Check a plan; exit 0, or 64 printing FILE:LINE: field: message for every problem.
     Validate { plan: PathBuf },
     /// Run a rollout.
-    Run {
-        plan: PathBuf,
-        /// Print what would be done and exit 0.
-        #[arg(long)]
-        dry_run: bool,
-        /// Seed for split routing and rehearsal faults.
-        #[arg(long)]
-        seed: Option<u64>,
-        /// Journal path (default STATE/journal.json).
-        #[arg(long)]
-        journal: Option<PathBuf>,
-        /// Report path (default STATE/report.html).
-        #[arg(long)]
-        report: Option<PathBuf>,
-        /// Inject a fault on the candidate's traffic: abort=STATUS,percent=P or delay=MS,percent=P.
-        #[arg(long)]
-        rehearse: Option<String>,
-        /// Roll out a digest an earlier run rolled back.
-        #[arg(long)]
-        force: bool,
-    },
+    Run(RunArgs),
     /// The running controller's last tick, with every number.
     Status,
     /// Pass the current step (or bake) now.
@@ -58,6 +38,31 @@ enum Cmd {
     Resume,
     /// Roll back now (exit 3).
     Abort,
+}
+
+/// `canary run` arguments.
+#[derive(clap::Args)]
+struct RunArgs {
+    /// The plan file.
+    plan: PathBuf,
+    /// Print what would be done and exit 0.
+    #[arg(long)]
+    dry_run: bool,
+    /// Seed for split routing and rehearsal faults.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Journal path (default STATE/journal.json).
+    #[arg(long)]
+    journal: Option<PathBuf>,
+    /// Report path (default STATE/report.html).
+    #[arg(long)]
+    report: Option<PathBuf>,
+    /// Inject a fault on the candidate's traffic: abort=STATUS,percent=P or delay=MS,percent=P.
+    #[arg(long)]
+    rehearse: Option<String>,
+    /// Roll out a digest an earlier run rolled back.
+    #[arg(long)]
+    force: bool,
 }
 
 fn load(plan: &Path) -> Result<Plan, i32> {
@@ -109,43 +114,41 @@ fn dry_run(p: &Plan, file: &Path, rehearse: Option<&str>) {
     );
 }
 
+fn validate(plan: &Path) -> i32 {
+    match load(plan) {
+        Ok(p) => {
+            println!(
+                "{}: plan {:?} is valid ({} steps, {} target(s))",
+                plan.display(),
+                p.name,
+                p.steps.weights.len(),
+                p.targets.len()
+            );
+            0
+        }
+        Err(c) => c,
+    }
+}
+
 async fn run(cli: Cli) -> i32 {
     let state = cli.state;
-    let (plan, dry, seed, journal, report, rehearse, force) = match cli.cmd {
-        Cmd::Validate { plan } => {
-            return match load(&plan) {
-                Ok(p) => {
-                    println!(
-                        "{}: plan {:?} is valid ({} steps, {} target(s))",
-                        plan.display(),
-                        p.name,
-                        p.steps.weights.len(),
-                        p.targets.len()
-                    );
-                    0
-                }
-                Err(c) => c,
-            }
-        }
-        Cmd::Run {
-            plan,
-            dry_run,
-            seed,
-            journal,
-            report,
-            rehearse,
-            force,
-        } => (plan, dry_run, seed, journal, report, rehearse, force),
-        Cmd::Status => return control(&state, None).await,
-        Cmd::Promote => return control(&state, Some(Command::Promote)).await,
-        Cmd::Resume => return control(&state, Some(Command::Resume)).await,
-        Cmd::Abort => return control(&state, Some(Command::Abort)).await,
-    };
-    let p = match load(&plan) {
+    match cli.cmd {
+        Cmd::Validate { plan } => validate(&plan),
+        Cmd::Run(a) => run_plan(state, a).await,
+        Cmd::Status => control(&state, None).await,
+        Cmd::Promote => control(&state, Some(Command::Promote)).await,
+        Cmd::Resume => control(&state, Some(Command::Resume)).await,
+        Cmd::Abort => control(&state, Some(Command::Abort)).await,
+    }
+}
+
+async fn run_plan(state: PathBuf, a: RunArgs) -> i32 {
+    let p = match load(&a.plan) {
         Ok(p) => p,
         Err(c) => return c,
     };
-    let rehearse = match rehearse
+    let rehearse = match a
+        .rehearse
         .map(|s| s.parse::<Rehearsal>().map(|r| (s, r)))
         .transpose()
     {
@@ -155,27 +158,27 @@ async fn run(cli: Cli) -> i32 {
             return 64;
         }
     };
-    if dry {
-        dry_run(&p, &plan, rehearse.as_ref().map(|r| r.0.as_str()));
+    if a.dry_run {
+        dry_run(&p, &a.plan, rehearse.as_ref().map(|r| r.0.as_str()));
         return 0;
     }
     if let Err(e) = std::fs::create_dir_all(&state) {
         eprintln!("canary: state dir {}: {e}", state.display());
         return Outcome::EnvironmentFailure.exit_code();
     }
-    let seed = seed.unwrap_or_else(|| {
+    let seed = a.seed.unwrap_or_else(|| {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(1, |d| d.as_nanos() as u64 & 0xffff_ffff)
     });
     let opts = RunOptions {
-        journal: journal.unwrap_or_else(|| state.join("journal.json")),
-        report: report.unwrap_or_else(|| state.join("report.html")),
-        plan_file: plan,
+        journal: a.journal.unwrap_or_else(|| state.join("journal.json")),
+        report: a.report.unwrap_or_else(|| state.join("report.html")),
+        plan_file: a.plan,
         state,
         seed,
         rehearse,
-        force,
+        force: a.force,
     };
     controller::run(opts).await.exit_code()
 }

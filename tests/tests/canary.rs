@@ -26,7 +26,9 @@ impl Running {
     fn start(state: &Path, args: &[&str]) -> Running {
         let log = state.join("out.log");
         let f = std::fs::File::create(&log).unwrap();
+        use std::os::unix::process::CommandExt;
         let child = Command::new(canary_bin())
+            .process_group(0)
             .arg("--state")
             .arg(state)
             .args(args)
@@ -53,10 +55,54 @@ impl Running {
 }
 
 impl Drop for Running {
+    /// The controller and whatever it left behind (its process group: candidate, baseline).
     fn drop(&mut self) {
+        let pg = format!("-{}", self.child.id());
+        let _ = Command::new("kill")
+            .args(["-9", "--", &pg])
+            .stderr(std::process::Stdio::null())
+            .status();
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Waits until the split on `rpc` is installed; the journal's pid of member `name`.
+async fn live_split_and_pid(s: &SidecarProc, state: &Path, name: &str) -> u32 {
+    wait_for("the split installed", Duration::from_secs(30), || async {
+        let r = bulwark_e2e::http()
+            .get(s.admin_url("/split/rpc"))
+            .send()
+            .await
+            .ok()?;
+        r.status().is_success().then_some(())
+    })
+    .await;
+    wait_for(
+        "the member's pid in the journal",
+        Duration::from_secs(10),
+        || async {
+            let j: Value =
+                serde_json::from_str(&std::fs::read_to_string(state.join("journal.json")).ok()?)
+                    .ok()?;
+            let ev = j["events"].as_array()?;
+            let what = ev
+                .iter()
+                .filter_map(|e| e["what"].as_str())
+                .find(|w| w.starts_with(&format!("{name} ")))?;
+            let rest = what.split("pid Some(").nth(1)?;
+            rest.split(')').next()?.parse().ok()
+        },
+    )
+    .await
+}
+
+async fn split_status(s: &SidecarProc) -> u16 {
+    bulwark_e2e::http()
+        .get(s.admin_url("/split/rpc"))
+        .send()
+        .await
+        .map_or(0, |r| r.status().as_u16())
 }
 
 fn text(o: &Output) -> String {
@@ -224,4 +270,94 @@ fn metric_attempts(text: &str, subset: &str) -> u64 {
         .filter(|l| l.starts_with("bulwark_split_attempts_total{") && l.contains(&needle))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum::<f64>() as u64
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sigkilled_controllers_split_expires_within_its_ttl() {
+    let (c, s, a) = setup().await;
+    let dir = tempfile::tempdir().unwrap();
+    let p = plan(
+        dir.path(),
+        &a.admin.to_string(),
+        &c.nodes[2].data,
+        &bulwark_e2e::storage_bin(),
+        FAST,
+    );
+    let mut run = Running::start(dir.path(), &["run", p.to_str().unwrap(), "--seed", "3"]);
+    live_split_and_pid(&s, dir.path(), "candidate").await;
+    // SIGKILL the controller alone (its members stay up, as they would).
+    run.child.kill().unwrap();
+    run.child.wait().unwrap();
+    let killed = std::time::Instant::now();
+    assert_eq!(split_status(&s).await, 200);
+    // ttl = 3s in FAST.
+    wait_for("the split to expire", Duration::from_secs(6), || async {
+        (split_status(&s).await == 404).then_some(())
+    })
+    .await;
+    let took = killed.elapsed();
+    assert!(took <= Duration::from_millis(3500), "{took:?}");
+    let splits = get_json(&s.admin_url("/split")).await;
+    assert_eq!(
+        splits["splits"].as_array().map(Vec::len),
+        Some(0),
+        "{splits}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_candidate_killed_mid_step_is_a_critical_rollback() {
+    let (c, s, a) = setup().await;
+    let dir = tempfile::tempdir().unwrap();
+    let p = plan(
+        dir.path(),
+        &a.admin.to_string(),
+        &c.nodes[2].data,
+        &bulwark_e2e::storage_bin(),
+        FAST,
+    );
+    let mut run = Running::start(dir.path(), &["run", p.to_str().unwrap(), "--seed", "5"]);
+    let pid = live_split_and_pid(&s, dir.path(), "candidate").await;
+    let st = Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let (code, t) = run.wait(Duration::from_secs(30)).await;
+    assert_eq!(code, Some(1), "{t}");
+    assert!(t.to_lowercase().contains("critical"), "{t}");
+    assert!(t.contains("split removed"), "{t}");
+    assert_eq!(split_status(&s).await, 404, "{t}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_request_a_second_holds_inconclusive_and_exits_2_with_the_counts() {
+    let (c, s, a) = setup().await;
+    let dir = tempfile::tempdir().unwrap();
+    let body = FAST
+        .replace("min_requests = 50", "min_requests = 500")
+        .replace("max_time = \"20s\"", "max_time = \"3s\"")
+        .replace("hold = \"5s\"", "hold = \"2s\"")
+        .replace("rate = 200", "rate = 1");
+    let p = plan(
+        dir.path(),
+        &a.admin.to_string(),
+        &c.nodes[2].data,
+        &bulwark_e2e::storage_bin(),
+        &body,
+    );
+    let mut run = Running::start(dir.path(), &["run", p.to_str().unwrap(), "--seed", "9"]);
+    let (code, t) = run.wait(Duration::from_secs(40)).await;
+    assert_eq!(code, Some(2), "{t}");
+    let verdict = t
+        .lines()
+        .find(|l| l.contains("verdict:"))
+        .unwrap_or_default();
+    assert!(verdict.contains("inconclusive"), "{t}");
+    assert!(
+        verdict.contains("candidate ") && verdict.contains(" req "),
+        "{t}"
+    );
+    assert!(t.contains("INCONCLUSIVE, holding"), "{t}");
+    assert_eq!(split_status(&s).await, 404, "{t}");
 }

@@ -53,6 +53,48 @@ fn env<E: std::fmt::Display>(what: &str) -> impl Fn(E) -> Error + '_ {
     move |e| Error::Env(format!("{what}: {e}"))
 }
 
+/// The candidate and (for a fresh baseline) the baseline, started at the same moment; if either
+/// fails, the other is stopped.
+async fn start_members(
+    plan: &Plan,
+    stable_bin: &Path,
+    run_dir: &Path,
+    node: &NodeInfo,
+    http: &reqwest::Client,
+) -> Result<(Member, Option<Member>), Error> {
+    let fresh = plan.baseline.kind == BaselineKind::Fresh;
+    let (cand, base) = tokio::join!(
+        Member::start("candidate", &plan.candidate.binary, run_dir, node, http),
+        async {
+            if fresh {
+                Member::start("baseline", stable_bin, run_dir, node, http)
+                    .await
+                    .map(Some)
+            } else {
+                Ok(None)
+            }
+        }
+    );
+    match (cand, base) {
+        (Ok(c), Ok(b)) => Ok((c, b)),
+        (c, b) => {
+            let mut first = None;
+            for r in [c.map(Some), b] {
+                match r {
+                    Ok(Some(mut m)) => {
+                        m.stop().await;
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        first.get_or_insert(e);
+                    }
+                }
+            }
+            Err(first.unwrap_or_else(|| Error::Env("start failed".into())))
+        }
+    }
+}
+
 /// Everything up to the first tick; on failure nothing is left running.
 pub(super) async fn start(opts: RunOptions) -> Result<Ctl, Error> {
     let plan = Plan::load(&opts.plan_file)?;
@@ -91,36 +133,7 @@ pub(super) async fn start(opts: RunOptions) -> Result<Ctl, Error> {
     std::fs::create_dir_all(&run_dir).map_err(env("state dir"))?;
     let fresh = plan.baseline.kind == BaselineKind::Fresh;
     let stable_bin = stable_binary(&plan);
-    let (cand, base) = tokio::join!(
-        Member::start("candidate", &plan.candidate.binary, &run_dir, &node, &http),
-        async {
-            if fresh {
-                Member::start("baseline", &stable_bin, &run_dir, &node, &http)
-                    .await
-                    .map(Some)
-            } else {
-                Ok(None)
-            }
-        }
-    );
-    let (mut cand, mut base) = match (cand, base) {
-        (Ok(c), Ok(b)) => (c, b),
-        (c, b) => {
-            let mut first = None;
-            for r in [c.map(Some), b] {
-                match r {
-                    Ok(Some(mut m)) => {
-                        m.stop().await;
-                    }
-                    Ok(None) => {}
-                    Err(e) => {
-                        first.get_or_insert(e);
-                    }
-                }
-            }
-            return Err(first.unwrap_or_else(|| Error::Env("start failed".into())));
-        }
-    };
+    let (mut cand, mut base) = start_members(&plan, &stable_bin, &run_dir, &node, &http).await?;
     let digests = Digests {
         candidate: cand_digest,
         baseline: if fresh {
