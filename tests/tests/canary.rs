@@ -43,14 +43,21 @@ impl Running {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// Waits up to `limit` for the exit; its code and the output.
+    /// Waits up to `limit` for the exit; its code and the output (the output in the panic if
+    /// it does not exit in time).
     async fn wait(&mut self, limit: Duration) -> (Option<i32>, String) {
-        let st = wait_for("canary to exit", limit, || {
-            let st = self.child.try_wait().unwrap();
-            async move { st }
-        })
-        .await;
-        (st.code(), self.out())
+        let start = std::time::Instant::now();
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                return (st.code(), self.out());
+            }
+            assert!(
+                start.elapsed() < limit,
+                "canary did not exit within {limit:?}:\n{}",
+                self.out()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 }
 
@@ -149,7 +156,6 @@ async fn setup() -> (Cluster, SidecarProc, SocketAddrs) {
 
 struct SocketAddrs {
     admin: std::net::SocketAddr,
-    #[allow(dead_code)]
     listen: std::net::SocketAddr,
 }
 
@@ -360,4 +366,94 @@ async fn one_request_a_second_holds_inconclusive_and_exits_2_with_the_counts() {
     );
     assert!(t.contains("INCONCLUSIVE, holding"), "{t}");
     assert_eq!(split_status(&s).await, 404, "{t}");
+}
+
+/// A restart command the test controls (no deploy/): SIGTERM node 3, wait for it to be gone,
+/// start `{binary}` on `{data}` in the background (in the controller's process group, so the
+/// test's cleanup ends it), its pid in `DIR/promoted.pid`.
+fn restart_script(dir: &Path, pid: u32) -> String {
+    let sh = dir.join("restart.sh");
+    let d = dir.display();
+    std::fs::write(
+        &sh,
+        format!(
+            "#!/bin/sh\nP={pid}\nkill -TERM $P\n\
+             while [ -e /proc/$P ] && [ \"$(cut -d' ' -f3 /proc/$P/stat)\" != Z ]; do sleep 0.1; done\n\
+             nohup \"$1\" daemon --data \"$2\" >> {d}/promoted.log 2>&1 &\n\
+             echo $! > {d}/promoted.pid\n"
+        ),
+    )
+    .unwrap();
+    format!("sh {} {{binary}} {{data}}", sh.display())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_identical_build_is_promoted_and_node_3_runs_its_digest() {
+    let (mut c, _s, a) = setup().await;
+    let dir = tempfile::tempdir().unwrap();
+    // An identical build, as a file of its own: the promoted node must run *this* file.
+    let cand = dir.path().join("storage-candidate");
+    std::fs::copy(bulwark_e2e::storage_bin(), &cand).unwrap();
+    let body = FAST
+        .replace("weights = [10, 50]", "weights = [50]")
+        .replace("error_rate = 0.001", "error_rate = 0.05");
+    let p = plan(
+        dir.path(),
+        &a.admin.to_string(),
+        &c.nodes[2].data,
+        &cand,
+        &body,
+    );
+    let old = c.nodes[2].process.pid().unwrap();
+    let restart = restart_script(dir.path(), old);
+    let t = std::fs::read_to_string(&p).unwrap();
+    let t = t.replacen(
+        "\n\n[candidate]",
+        &format!("\nrestart = \"{restart}\"\n\n[candidate]"),
+        1,
+    );
+    std::fs::write(&p, t).unwrap();
+    let mut run = Running::start(dir.path(), &["run", p.to_str().unwrap(), "--seed", "11"]);
+    let (code, t) = run.wait(Duration::from_secs(50)).await;
+    assert_eq!(code, Some(0), "{t}");
+    assert!(t.contains("runs the candidate"), "{t}");
+    assert!(!c.nodes[2].running(), "the old node 3 still runs");
+    let pid: u32 = std::fs::read_to_string(dir.path().join("promoted.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
+    assert_eq!(exe, cand, "{t}");
+    let j: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("journal.json")).unwrap())
+            .unwrap();
+    let want = j["digests"]["candidate"].as_str().unwrap().to_string();
+    assert_eq!(
+        j["verdict"]["promoted_digest"],
+        want.as_str(),
+        "{}",
+        j["verdict"]
+    );
+    let v: Value = bulwark_e2e::http()
+        .post(c.nodes[2].rpc_url("version"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["BinaryDigest"], want.as_str(), "{v}");
+    // And node 3 serves behind its sidecar again (once the sidecar's breaker, tripped by the
+    // restart, lets it through).
+    let url = format!("http://{}/api/v0/version", a.listen);
+    wait_for(
+        "node 3 behind its sidecar",
+        Duration::from_secs(20),
+        || async {
+            let r = bulwark_e2e::http().post(&url).send().await.ok()?;
+            r.status().is_success().then_some(())
+        },
+    )
+    .await;
 }

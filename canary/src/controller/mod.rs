@@ -118,7 +118,7 @@ impl Ctl {
         add(&mut self.totals.0, &c.counts);
         add(&mut self.totals.1, &b.counts);
         let process = match self.cand.as_mut() {
-            Some(m) if !self.baking => m.state(),
+            Some(m) if !self.baking => candidate_state(m, &c.counts).await,
             _ => crate::decide::ProcessState::Running,
         };
         let commands: Vec<Command> = {
@@ -199,6 +199,19 @@ impl Ctl {
         println!("{report}");
         report.decision
     }
+}
+
+/// The candidate's process state. A process that dies closes its sockets a moment before it can
+/// be reaped: errors in this tick's sample with the process still "running" get a short second
+/// look, so a crash that first shows as errors is judged critical, not by the tests.
+async fn candidate_state(m: &mut Member, c: &ArmCounts) -> crate::decide::ProcessState {
+    let st = m.state();
+    let errors = c.errors_5xx + c.local_errors + c.timeouts;
+    if errors == 0 || !matches!(st, crate::decide::ProcessState::Running) {
+        return st;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    m.state()
 }
 
 fn add(to: &mut ArmCounts, c: &ArmCounts) {
