@@ -577,6 +577,17 @@ impl SplitRegistry {
         let seed = spec
             .seed
             .unwrap_or_else(|| foldhash::quality::FixedState::with_seed(0).hash_one(listener));
+        // The owner's renewal continues the draws where they were: reseeding on every renewal
+        // replayed the same first draws each time (a controller renews every tick), so a 5 %
+        // rehearsal fault never fired and the weighted roll kept repeating its first values.
+        // The seed applies when a split is installed.
+        let (rng, fault_rng) = match &old {
+            Some(o) => (lock(&o.rng).clone(), lock(&o.fault_rng).clone()),
+            None => (
+                StdRng::seed_from_u64(seed),
+                StdRng::seed_from_u64(seed ^ FAULT_SEED),
+            ),
+        };
         let split = Arc::new(Split {
             buckets,
             expires: now + ttl,
@@ -585,8 +596,8 @@ impl SplitRegistry {
             controller: spec.controller,
             generation,
             installed_ms,
-            rng: Mutex::new(StdRng::seed_from_u64(seed)),
-            fault_rng: Mutex::new(StdRng::seed_from_u64(seed ^ FAULT_SEED)),
+            rng: Mutex::new(rng),
+            fault_rng: Mutex::new(fault_rng),
             routes,
         });
         if let Some(o) = &old {

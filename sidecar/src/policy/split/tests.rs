@@ -563,6 +563,43 @@ async fn a_rehearsal_abort_hits_its_share_of_the_candidates_requests_only() {
     assert_eq!((&order, 0), (&plain, none));
 }
 
+/// A controller renews its split every tick with a few requests in between: the renewals must
+/// not restart the draws (they did: a 5 % fault never fired and the roll repeated itself).
+#[tokio::test]
+async fn renewals_by_the_owner_continue_the_draws() {
+    let reg = registry();
+    let mut sp = faulty(SubsetFault::abort(500, 5.0));
+    sp.controller = Some("ctl".into());
+    let (s, _log) = {
+        reg.put("api", STABLE_ADDR, sp.clone()).unwrap();
+        plain_stack(reg.slot("api"), None)
+    };
+    let mut first_of_each_round = Vec::new();
+    for round in 0..200 {
+        reg.put("api", STABLE_ADDR, sp.clone()).unwrap();
+        for i in 0..10 {
+            let r = send(&s, req(&format!("{round}-{i}"), None)).await.unwrap();
+            if i == 0 {
+                first_of_each_round.push(subset_of(&r).unwrap());
+            }
+        }
+    }
+    let c = reg.get("api").unwrap();
+    let c = c.subset("candidate").unwrap();
+    let n = c.requests.total();
+    // ~1,000 candidate requests at 5 %: ~50 aborts (sd ~7).
+    assert!(
+        c.fault_injected.abs_diff(n / 20) <= 25,
+        "{} of {n}",
+        c.fault_injected
+    );
+    assert!(
+        first_of_each_round.iter().any(|s| s == "stable")
+            && first_of_each_round.iter().any(|s| s == "candidate"),
+        "the roll after each renewal must not repeat itself"
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn a_rehearsal_abort_fails_every_attempt_of_its_request() {
     let reg = registry();
