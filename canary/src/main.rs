@@ -89,6 +89,14 @@ fn dry_run(p: &Plan, file: &Path, rehearse: Option<&str>) {
     } else {
         println!("- baseline: the stable node itself (the split's stable arm)");
     }
+    let (a, b) = p.members.ports;
+    println!(
+        "- members bind the node's advertised host with ports {a}-{b} (5 each), use its outbound proxy if it has one; pid files: {}",
+        p.members
+            .pid_dir
+            .as_ref()
+            .map_or("none".into(), |d| format!("{}/{}-NAME.pid", d.display(), t.node))
+    );
     if let Some(r) = rehearse {
         println!("- REHEARSAL: fault {r} on the candidate's traffic only");
     }

@@ -39,6 +39,33 @@ pub struct Plan {
     pub split: Split,
     /// Optional built-in load, for clusters without enough real traffic.
     pub load: Option<Load>,
+    /// Where transient members (candidate, fresh baseline) bind, and their pid files.
+    #[serde(default)]
+    pub members: Members,
+}
+
+/// Where the controller starts its transient members: on the target node's host (the host of its
+/// advertised peer address), with ports from `ports`, five per member (RPC, gateway, cluster
+/// REST, peer, NBD), the way `deploy/local` admits them (deploy/README.md).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Members {
+    /// First and last port (inclusive) of the range; default 25000–25019.
+    pub ports: (u16, u16),
+    /// Directory for one `NAME.pid` file per running member (e.g. `deploy/local/.state/canary`);
+    /// removed when the member stops. `None`: no pid files.
+    pub pid_dir: Option<PathBuf>,
+}
+
+/// Ports every transient member takes.
+pub const PORTS_PER_MEMBER: u32 = 5;
+
+impl Default for Members {
+    fn default() -> Self {
+        Members {
+            ports: (25000, 25019),
+            pid_dir: None,
+        }
+    }
 }
 
 /// A node to roll out to, through its sidecar.

@@ -75,6 +75,32 @@ pub fn free_port(ip: &str) -> u16 {
         .port()
 }
 
+/// The first of `count` consecutive ports on `ip` that were all free a moment ago, for a process
+/// that takes ports from a range (a canary plan's `members.ports`). Taken from 61000–65499, above
+/// the kernel's usual ephemeral range and outside [`free_port`]'s, and never handed out twice by
+/// this test binary.
+pub fn free_port_block(ip: &str, count: u16) -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let _ = NEXT.compare_exchange(
+        0,
+        61_000 + (std::process::id() % 200) as u16 * 10,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    for _ in 0..400 {
+        let mut first = NEXT.fetch_add(count, Ordering::SeqCst);
+        if first + count > 65_500 {
+            NEXT.store(61_000 + count, Ordering::SeqCst);
+            first = 61_000;
+        }
+        if (first..first + count).all(|p| TcpListener::bind((ip, p)).is_ok()) {
+            return first;
+        }
+    }
+    panic!("no {count} consecutive free ports on {ip} in 61000-65499");
+}
+
 fn addr(ip: &str) -> SocketAddr {
     format!("{ip}:{}", free_port(ip)).parse().expect("addr")
 }

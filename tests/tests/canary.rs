@@ -120,14 +120,20 @@ fn text(o: &Output) -> String {
     )
 }
 
-/// A plan for node 3 of `c` behind sidecar admin `admin`; `extra` replaces parts.
+/// A plan for node 3 of `c` behind sidecar admin `admin`; `extra` replaces parts. Its members
+/// take ten ports of their own (tests run in parallel on 127.0.0.1) and write pid files to
+/// `DIR/pids`.
 fn plan(dir: &Path, admin: &str, data: &Path, cand: &Path, body: &str) -> PathBuf {
     let p = dir.join("plan.toml");
+    let first = bulwark_e2e::free_port_block("127.0.0.1", 10);
     let t = format!(
         "name = \"e2e\"\n\n[[target]]\nnode = \"node3\"\nadmin = \"{admin}\"\nlisteners = [\"rpc\"]\n\
-         data = \"{}\"\n\n[candidate]\nbinary = \"{}\"\n\n{body}",
+         data = \"{}\"\n\n[candidate]\nbinary = \"{}\"\n\n{body}\n\n[members]\n\
+         ports = \"{first}-{}\"\npid_dir = \"{}\"\n",
         data.display(),
-        cand.display()
+        cand.display(),
+        first + 9,
+        dir.join("pids").display()
     );
     std::fs::write(&p, t).unwrap();
     p
@@ -453,4 +459,63 @@ async fn an_identical_build_is_promoted_and_node_3_runs_its_digest() {
         },
     )
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_controller_on_the_same_node_is_refused_while_the_first_runs() {
+    let (c, s, a) = setup().await;
+    let dir = tempfile::tempdir().unwrap();
+    // A first controller that stays in its first step (min_time 60 s).
+    let body = FAST
+        .replace("min_time = \"1s\"", "min_time = \"60s\"")
+        .replace("max_time = \"20s\"", "max_time = \"90s\"");
+    let p = plan(
+        dir.path(),
+        &a.admin.to_string(),
+        &c.nodes[2].data,
+        &bulwark_e2e::storage_bin(),
+        &body,
+    );
+    let mut first = Running::start(dir.path(), &["run", p.to_str().unwrap(), "--seed", "11"]);
+    let cand_pid = live_split_and_pid(&s, dir.path(), "candidate").await;
+    let owner: String = wait_for("controller.json", Duration::from_secs(10), || async {
+        let t = std::fs::read_to_string(dir.path().join("controller.json")).ok()?;
+        let v: Value = serde_json::from_str(&t).ok()?;
+        v["controller"].as_str().map(String::from)
+    })
+    .await;
+    // Its members' pid files, as deploy/local reads them.
+    let pidfile = dir.path().join("pids").join("node3-candidate.pid");
+    let pid_text = std::fs::read_to_string(&pidfile).unwrap();
+    assert_eq!(pid_text.trim(), cand_pid.to_string());
+    assert!(dir.path().join("pids").join("node3-baseline.pid").is_file());
+
+    // A second controller (its own state dir, the same plan and node) is refused: exit 5, naming
+    // the first, before it starts anything.
+    let dir2 = tempfile::tempdir().unwrap();
+    let mut second = Running::start(dir2.path(), &["run", p.to_str().unwrap(), "--seed", "12"]);
+    let (code, t) = second.wait(Duration::from_secs(20)).await;
+    assert_eq!(code, Some(5), "{t}");
+    assert!(t.contains("another controller"), "{t}");
+    assert!(t.contains(&owner), "the refusal names {owner}: {t}");
+    assert!(
+        !dir2.path().join("runs").exists(),
+        "no members started: {t}"
+    );
+    // The first is untouched: still running, its split live, its pid files its own.
+    assert!(first.child.try_wait().unwrap().is_none(), "{}", first.out());
+    assert_eq!(split_status(&s).await, 200);
+    assert_eq!(std::fs::read_to_string(&pidfile).unwrap(), pid_text);
+
+    // The operator aborts the first: exit 3, split gone, its pid files removed.
+    let o = canary(dir.path(), &["abort"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let (code, t) = first.wait(Duration::from_secs(30)).await;
+    assert_eq!(code, Some(3), "{t}");
+    assert_eq!(split_status(&s).await, 404, "{t}");
+    let left: Vec<_> = std::fs::read_dir(dir.path().join("pids"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "pid files left: {left:?}\n{t}");
 }

@@ -36,6 +36,33 @@ pub struct SplitDriver {
     last: BTreeMap<String, SplitStatus>,
 }
 
+/// Refuses a second rollout on a node: any live split on one of `listeners` belongs to another
+/// controller (this run has not installed one yet). Checked before any member starts.
+pub async fn refuse_other_controller(
+    node: &str,
+    admin: SocketAddr,
+    listeners: &[String],
+) -> Result<(), Error> {
+    let client = AdminClient::new(&format!("http://{admin}"))
+        .map_err(|e| Error::Env(format!("admin client: {e}")))?;
+    for l in listeners {
+        let live = client
+            .get_split(l)
+            .await
+            .map_err(|e| Error::Env(format!("GET /split/{l}: {e}")))?;
+        if let Some(st) = live.filter(|s| s.remaining_ms > 0) {
+            let owner = st.controller.as_deref().unwrap_or("(no controller id)");
+            return Err(Error::Env(format!(
+                "{node}: another controller, {owner}, is rolling out here (its split on listener \
+                 {l:?} is live, {} ms of its TTL left); one rollout per node at a time: wait for \
+                 it to finish, or `canary abort` it",
+                st.remaining_ms
+            )));
+        }
+    }
+    Ok(())
+}
+
 impl SplitDriver {
     /// A driver for `listeners` on the sidecar at `admin`.
     pub fn new(

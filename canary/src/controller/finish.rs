@@ -129,11 +129,11 @@ impl Ctl {
             ))
         })?;
         let data = t.data.clone().unwrap_or_else(|| self.node.data.clone());
+        // Absolute, so the restart command may keep it (deploy/local records the node's binary).
+        let binary = std::path::absolute(&self.plan.candidate.binary)
+            .unwrap_or_else(|_| self.plan.candidate.binary.clone());
         let cmd = restart
-            .replace(
-                "{binary}",
-                &self.plan.candidate.binary.display().to_string(),
-            )
+            .replace("{binary}", &binary.display().to_string())
             .replace("{data}", &data.display().to_string());
         self.event(format!("promoting {}: {cmd}", t.node));
         let st = tokio::process::Command::new("sh")

@@ -27,8 +27,12 @@ pub struct NodeInfo {
     pub gateway: SocketAddr,
     /// Cluster REST address.
     pub cluster: SocketAddr,
-    /// Peer listen address (the transient members' bootstrap).
-    pub peer: SocketAddr,
+    /// The peer address the node advertises (`peer.advertise`, else its listen address): the
+    /// transient members' bootstrap, and its host is where they bind.
+    pub advertise: SocketAddr,
+    /// The node's `peer.outbound_proxy` (its sidecar's outbound listener), which the transient
+    /// members use too, so their peer traffic goes through the node's sidecar.
+    pub outbound_proxy: Option<String>,
     /// The swarm key file.
     pub swarm_key: PathBuf,
 }
@@ -53,12 +57,30 @@ impl NodeInfo {
         if !swarm_key.is_file() {
             return Err(Error::Env(format!("{}: missing", swarm_key.display())));
         }
+        let peer = field(&v, "peer", "listen", &file)?;
+        let opt = |key: &str| {
+            v.get("peer")
+                .and_then(|t| t.get(key))
+                .and_then(|x| x.as_str())
+                .map(String::from)
+        };
+        let advertise = match opt("advertise") {
+            None => peer,
+            Some(a) => a.parse().map_err(|e| {
+                Error::Env(format!(
+                    "{}: peer.advertise {a:?} is not an IP:PORT address ({e}); transient members \
+                     bind the advertised host",
+                    file.display()
+                ))
+            })?,
+        };
         Ok(NodeInfo {
+            advertise,
+            outbound_proxy: opt("outbound_proxy"),
             data: data.to_path_buf(),
             rpc: field(&v, "api", "rpc", &file)?,
             gateway: field(&v, "api", "gateway", &file)?,
             cluster: field(&v, "api", "cluster", &file)?,
-            peer: field(&v, "peer", "listen", &file)?,
             swarm_key,
         })
     }

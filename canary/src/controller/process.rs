@@ -1,10 +1,15 @@
 //! The candidate and fresh-baseline processes: `storage init` + `storage daemon --transient` of a
-//! given binary on free loopback ports, joined to the cluster through the target node's peer
-//! address; stopped with SIGTERM, a bounded wait, then SIGKILL.
+//! given binary on the target node's host (the host of its advertised peer address) with ports
+//! from the plan's `members.ports` range (five per member: RPC, gateway, cluster REST, peer, NBD),
+//! advertising that peer port, sending peer traffic through the node's own outbound proxy (if its
+//! config has one) and joined through the node's advertised peer address — the way
+//! `deploy/local` admits transient members (deploy/README.md). A member's pid is written to
+//! `members.pid_dir/NODE-NAME.pid` while it runs. Stopped with SIGTERM, a bounded wait, then
+//! SIGKILL.
 use super::node::{NodeInfo, Role};
 use super::Error;
 use crate::decide::ProcessState;
-use std::net::{SocketAddr, TcpListener};
+use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -29,14 +34,41 @@ pub struct Member {
     pub cluster: SocketAddr,
     /// Its peer ID.
     pub peer_id: String,
+    /// Its pid file, while it exists.
+    pub pid_file: Option<PathBuf>,
     child: Option<Child>,
     exited: Option<Option<i32>>,
 }
 
-fn free_addr() -> Result<SocketAddr, Error> {
-    let l = TcpListener::bind("127.0.0.1:0").map_err(|e| Error::Env(format!("free port: {e}")))?;
-    l.local_addr()
-        .map_err(|e| Error::Env(format!("free port: {e}")))
+/// The five ports of one member: RPC, gateway, cluster REST, peer, NBD.
+pub type MemberPorts = [u16; 5];
+
+/// Ports for `members` members on `host` from `range` (inclusive): the first ones that can be
+/// bound now, five per member. All are chosen before any member starts, so members started
+/// together never pick the same port.
+pub fn allocate_ports(
+    host: IpAddr,
+    range: (u16, u16),
+    members: usize,
+) -> Result<Vec<MemberPorts>, Error> {
+    let need = members * 5;
+    let free: Vec<u16> = (range.0..=range.1)
+        .filter(|&p| TcpListener::bind((host, p)).is_ok())
+        .take(need)
+        .collect();
+    if free.len() < need {
+        return Err(Error::Env(format!(
+            "transient members need {need} free ports on {host} in {}-{} (members.ports), only {} \
+             are free: is another canary's candidate or baseline still running there?",
+            range.0,
+            range.1,
+            free.len()
+        )));
+    }
+    Ok(free
+        .chunks(5)
+        .map(|c| [c[0], c[1], c[2], c[3], c[4]])
+        .collect())
 }
 
 fn arg(p: &Path) -> String {
@@ -51,6 +83,8 @@ impl Member {
         binary: &Path,
         dir: &Path,
         node: &NodeInfo,
+        ports: MemberPorts,
+        pid_file: Option<PathBuf>,
         http: &reqwest::Client,
     ) -> Result<Member, Error> {
         if !binary.is_file() {
@@ -60,10 +94,10 @@ impl Member {
             )));
         }
         let data = dir.join(name);
-        let (rpc, gateway, cluster) = (free_addr()?, free_addr()?, free_addr()?);
-        let (peer, nbd) = (free_addr()?, free_addr()?);
-        let init = Command::new(binary)
-            .args(["init", "--data", &arg(&data), "--swarm-key"])
+        let host = node.advertise.ip();
+        let [rpc, gateway, cluster, peer, nbd] = ports.map(|p| SocketAddr::new(host, p));
+        let mut init = Command::new(binary);
+        init.args(["init", "--data", &arg(&data), "--swarm-key"])
             .arg(&node.swarm_key)
             .args(["--peername", &format!("canary-{name}")])
             .args(["--rpc", &rpc.to_string(), "--gateway", &gateway.to_string()])
@@ -74,9 +108,14 @@ impl Member {
                 "--nbd",
                 &nbd.to_string(),
             ])
-            .args(["--bootstrap", &node.peer.to_string()])
+            .args(["--advertise", &peer.to_string()])
+            .args(["--bootstrap", &node.advertise.to_string()])
             .args(["--block-host", &format!("canary-{name}")])
-            .stdin(Stdio::null())
+            .stdin(Stdio::null());
+        if let Some(proxy) = &node.outbound_proxy {
+            init.args(["--outbound-proxy", proxy]);
+        }
+        let init = init
             .output()
             .await
             .map_err(|e| Error::Env(format!("{name}: {} init: {e}", binary.display())))?;
@@ -107,9 +146,21 @@ impl Member {
             rpc,
             gateway,
             cluster,
+            pid_file: None,
             child: Some(child),
             exited: None,
         };
+        if let (Some(f), Some(pid)) = (pid_file, m.pid()) {
+            let written = f
+                .parent()
+                .map_or(Ok(()), std::fs::create_dir_all)
+                .and_then(|()| std::fs::write(&f, format!("{pid}\n")));
+            if let Err(e) = written {
+                m.stop().await;
+                return Err(Error::Env(format!("{name} pid file {}: {e}", f.display())));
+            }
+            m.pid_file = Some(f);
+        }
         if let Err(e) = m.wait_ready(http).await {
             m.stop().await;
             return Err(e);
@@ -175,6 +226,18 @@ impl Member {
 
     /// SIGTERM, up to 5 s, then SIGKILL. True when it left cleanly (exit 0 after SIGTERM).
     pub async fn stop(&mut self) -> bool {
+        let left = self.terminate().await;
+        self.remove_pid_file();
+        left
+    }
+
+    fn remove_pid_file(&mut self) {
+        if let Some(f) = self.pid_file.take() {
+            let _ = std::fs::remove_file(f);
+        }
+    }
+
+    async fn terminate(&mut self) -> bool {
         let Some(mut c) = self.child.take() else {
             return false;
         };
@@ -194,6 +257,13 @@ impl Member {
                 false
             }
         }
+    }
+}
+
+impl Drop for Member {
+    /// A member dropped unstopped is killed (`kill_on_drop`); its pid file goes with it.
+    fn drop(&mut self) {
+        self.remove_pid_file();
     }
 }
 

@@ -63,13 +63,41 @@ async fn start_members(
     http: &reqwest::Client,
 ) -> Result<(Member, Option<Member>), Error> {
     let fresh = plan.baseline.kind == BaselineKind::Fresh;
+    let ports = process::allocate_ports(
+        node.advertise.ip(),
+        plan.members.ports,
+        if fresh { 2 } else { 1 },
+    )?;
+    let pid_file = |name: &str| {
+        let node = &plan.targets[0].node;
+        plan.members
+            .pid_dir
+            .as_ref()
+            .map(|d| d.join(format!("{node}-{name}.pid")))
+    };
     let (cand, base) = tokio::join!(
-        Member::start("candidate", &plan.candidate.binary, run_dir, node, http),
+        Member::start(
+            "candidate",
+            &plan.candidate.binary,
+            run_dir,
+            node,
+            ports[0],
+            pid_file("candidate"),
+            http
+        ),
         async {
             if fresh {
-                Member::start("baseline", stable_bin, run_dir, node, http)
-                    .await
-                    .map(Some)
+                Member::start(
+                    "baseline",
+                    stable_bin,
+                    run_dir,
+                    node,
+                    ports[1],
+                    pid_file("baseline"),
+                    http,
+                )
+                .await
+                .map(Some)
             } else {
                 Ok(None)
             }
@@ -113,6 +141,7 @@ pub(super) async fn start(opts: RunOptions) -> Result<Ctl, Error> {
         .build()
         .map_err(env("http client"))?;
     let listeners = node::listeners(&http, target.admin, &target.listeners, &node).await?;
+    arms::refuse_other_controller(&target.node, target.admin, &target.listeners).await?;
     if !plan.candidate.binary.is_file() {
         return Err(Error::Env(format!(
             "candidate binary {} does not exist",

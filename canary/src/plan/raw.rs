@@ -19,6 +19,14 @@ struct RawPlan {
     promotion: RawPromotion,
     split: RawSplit,
     load: Option<S<RawLoad>>,
+    members: Option<RawMembers>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMembers {
+    ports: Option<S<String>>,
+    pid_dir: Option<S<String>>,
 }
 
 #[derive(Deserialize)]
@@ -255,7 +263,36 @@ fn convert(c: &mut Check, r: RawPlan) -> Plan {
             sticky: r.split.sticky.unwrap_or(false),
         },
         load,
+        members: members(c, r.members.as_ref(), *r.baseline.kind.get_ref()),
     }
+}
+
+fn members(c: &mut Check, r: Option<&RawMembers>, kind: BaselineKind) -> Members {
+    let mut m = Members::default();
+    let Some(r) = r else { return m };
+    if let Some(p) = &r.ports {
+        let n = if kind == BaselineKind::Fresh { 2 } else { 1 };
+        let need = n * PORTS_PER_MEMBER;
+        let parsed = p.get_ref().split_once('-').and_then(|(a, b)| {
+            Some((a.trim().parse::<u16>().ok()?, b.trim().parse::<u16>().ok()?))
+        });
+        match parsed {
+            Some((a, b)) if a > 0 && a <= b && u32::from(b - a) + 1 >= need => m.ports = (a, b),
+            _ => c.bad(
+                p.span(),
+                "members.ports",
+                format!(
+                    "must be \"FIRST-LAST\" (inclusive, e.g. \"25000-25019\") with at least {need} \
+                     ports: {} per member, {n} member(s)",
+                    PORTS_PER_MEMBER
+                ),
+            ),
+        }
+    }
+    if let Some(d) = &r.pid_dir {
+        m.pid_dir = Some(PathBuf::from(c.non_empty(d, "members.pid_dir")));
+    }
+    m
 }
 
 fn targets(c: &mut Check, raw: &S<Vec<S<RawTarget>>>) -> Vec<Target> {
