@@ -88,7 +88,7 @@ async fn a_fifty_fifty_split_reaches_both_names_the_subset_and_obeys_pins() {
     );
     let body = Some(split(cand.addr, 50, "1m", "c1"));
     let (code, v) = s.admin_json(Method::PUT, "/split/nope", body.clone()).await;
-    assert_eq!(code, 404, "{v}");
+    assert_eq!(code, 400, "{v}");
     assert!(
         v["error"]
             .as_str()

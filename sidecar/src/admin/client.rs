@@ -287,7 +287,7 @@ impl AdminClient {
     }
 
     /// `PUT /split/{listener}`: installs a traffic split (or updates the caller's own live one);
-    /// the split as the server now shows it. 400 bad spec, 404 unknown listener, 409 another
+    /// the split as the server now shows it. 400 bad spec or unknown listener, 409 another
     /// controller's split is live.
     pub async fn put_split(
         &self,
@@ -776,7 +776,7 @@ mod tests {
         assert_eq!(code, Some(400));
         assert!(msg.contains("ttl is mandatory"), "{msg}");
         let (code, msg) = status(c.put_split("nope", &spec("a", 5)).await.unwrap_err());
-        assert_eq!(code, Some(404));
+        assert_eq!(code, Some(400));
         assert!(
             msg.contains("no listener \"nope\" (listeners: api, nbd, out)"),
             "{msg}"

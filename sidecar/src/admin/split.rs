@@ -4,7 +4,7 @@
 //!
 //! Statuses: `PUT` 200 with the split as `GET` shows it; 400 for a bad spec (no TTL, weights out
 //! of range or above 100 in total, a bad address, duplicate or reserved names) or a listener
-//! that cannot split (TCP, outbound); 404 for an unknown listener; 409 when another controller
+//! that cannot split (TCP, outbound) and for an unknown listener; 409 when another controller
 //! owns the live split. `GET` 404 when no split is live. `DELETE` 204 when a live split was
 //! removed, 404 when there was none (already gone: the end state is the same).
 
@@ -61,7 +61,9 @@ fn no_split(listener: &str) -> AdminError {
 fn stable_upstream(cfg: &Config, listener: &str) -> Result<String, AdminError> {
     let Some(l) = cfg.listeners.iter().find(|l| l.name == listener) else {
         let names: Vec<&str> = cfg.listeners.iter().map(|l| l.name.as_str()).collect();
-        return Err(AdminError::not_found(format!(
+        // 400, not 404: the request names a listener this sidecar does not have (issue 21), as it
+        // would name a bad address; the resource's path is not what is missing.
+        return Err(AdminError::bad_request(format!(
             "no listener {listener:?} (listeners: {})",
             names.join(", ")
         )));
