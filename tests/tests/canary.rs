@@ -293,8 +293,10 @@ async fn a_sigkilled_controllers_split_expires_within_its_ttl() {
         FAST,
     );
     let mut run = Running::start(dir.path(), &["run", p.to_str().unwrap(), "--seed", "3"]);
-    live_split_and_pid(&s, dir.path(), "candidate").await;
-    // SIGKILL the controller alone (its members stay up, as they would).
+    let cand = live_split_and_pid(&s, dir.path(), "candidate").await;
+    let base = live_split_and_pid(&s, dir.path(), "baseline").await;
+    assert!(alive(cand) && alive(base));
+    // SIGKILL the controller alone (nothing reaches its members from the test).
     run.child.kill().unwrap();
     run.child.wait().unwrap();
     let killed = std::time::Instant::now();
@@ -306,16 +308,71 @@ async fn a_sigkilled_controllers_split_expires_within_its_ttl() {
     .await;
     let took = killed.elapsed();
     assert!(took <= Duration::from_millis(3500), "{took:?}");
+    // The members outlive the split (their watchdogs wait out its TTL): nothing was routed to a
+    // member that had already gone.
+    assert!(
+        alive(cand) && alive(base),
+        "members stopped before the split expired"
+    );
     let splits = get_json(&s.admin_url("/split")).await;
     assert_eq!(
         splits["splits"].as_array().map(Vec::len),
         Some(0),
         "{splits}"
     );
+    // Then the members' watchdogs stop them: candidate and baseline get SIGTERM, leave the
+    // membership, and their pid files go.
+    members_leave(&c, dir.path(), &[cand, base], "SIGKILLed controller").await;
+}
+
+/// Whether `pid` is a live process (not gone, not a zombie).
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit(')')
+                .next()
+                .map(|r| r.trim_start().starts_with('Z'))
+        })
+        .is_some_and(|zombie| !zombie)
+}
+
+/// The member processes `pids` end, node 1 lists exactly the three nodes again (the members
+/// left, not merely failed), and `DIR/pids` is empty.
+async fn members_leave(c: &Cluster, dir: &Path, pids: &[u32], what: &str) {
+    wait_for(
+        &format!("members {pids:?} to end ({what})"),
+        Duration::from_secs(15),
+        || async { pids.iter().all(|&p| !alive(p)).then_some(()) },
+    )
+    .await;
+    wait_for(
+        &format!("membership back to the 3 nodes ({what})"),
+        Duration::from_secs(20),
+        || async {
+            let peers = c.nodes[0].peers().await;
+            let live = peers
+                .iter()
+                .filter(|p| p["error"].as_str() == Some(""))
+                .count();
+            (peers.len() == 3 && live == 3).then_some(())
+        },
+    )
+    .await;
+    wait_for(
+        &format!("pid files removed ({what})"),
+        Duration::from_secs(10),
+        || async {
+            let left = std::fs::read_dir(dir.join("pids")).map_or(0, |d| d.count());
+            (left == 0).then_some(())
+        },
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_candidate_killed_mid_step_is_a_critical_rollback() {
+async fn a_candidate_killed_mid_step_is_a_critical_rollback_and_its_digest_is_refused_without_force(
+) {
     let (c, s, a) = setup().await;
     let dir = tempfile::tempdir().unwrap();
     let p = plan(
@@ -336,6 +393,207 @@ async fn a_candidate_killed_mid_step_is_a_critical_rollback() {
     assert_eq!(code, Some(1), "{t}");
     assert!(t.to_lowercase().contains("critical"), "{t}");
     assert!(t.contains("split removed"), "{t}");
+    assert_eq!(split_status(&s).await, 404, "{t}");
+
+    // A real (not rehearsed) rollback: the digest is remembered ...
+    let j = journal(dir.path());
+    let digest = j["digests"]["candidate"].as_str().unwrap().to_string();
+    let rb: Vec<String> = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("rolled_back.json")).unwrap(),
+    )
+    .unwrap();
+    assert!(rb.contains(&digest), "{rb:?}");
+    // ... and a later run of the same build is refused (exit 5), saying why, nothing started.
+    let runs_before = std::fs::read_dir(dir.path().join("runs")).unwrap().count();
+    let o = canary(dir.path(), &["run", p.to_str().unwrap(), "--seed", "6"]);
+    let t = text(&o);
+    assert_eq!(o.status.code(), Some(5), "{t}");
+    assert!(t.contains("rolled back by an earlier run"), "{t}");
+    assert!(t.contains(&digest) && t.contains("--force"), "{t}");
+    assert_eq!(split_status(&s).await, 404, "{t}");
+    assert!(!dir.path().join("controller.json").exists(), "{t}");
+    let runs_after = std::fs::read_dir(dir.path().join("runs")).unwrap().count();
+    assert_eq!(runs_before, runs_after, "no members started: {t}");
+
+    // With --force it starts (split installed, candidate up); the operator aborts it (exit 3).
+    std::fs::remove_file(dir.path().join("journal.json")).unwrap();
+    let mut forced = Running::start(
+        dir.path(),
+        &["run", p.to_str().unwrap(), "--seed", "8", "--force"],
+    );
+    live_split_and_pid(&s, dir.path(), "candidate").await;
+    wait_for("controller.json", Duration::from_secs(10), || async {
+        dir.path().join("controller.json").exists().then_some(())
+    })
+    .await;
+    let o = canary(dir.path(), &["abort"]);
+    assert!(o.status.success(), "{}", text(&o));
+    let (code, t) = forced.wait(Duration::from_secs(30)).await;
+    assert_eq!(code, Some(3), "{t}");
+    assert_eq!(split_status(&s).await, 404, "{t}");
+}
+
+fn journal(dir: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(dir.join("journal.json")).unwrap()).unwrap()
+}
+
+/// `canary status` until its tick line satisfies `f`; that line.
+async fn status_line(dir: &Path, what: &str, f: impl Fn(&str) -> bool) -> String {
+    wait_for(what, Duration::from_secs(30), || async {
+        let o = canary(dir, &["status"]);
+        if !o.status.success() {
+            return None;
+        }
+        let out = String::from_utf8_lossy(&o.stdout).to_string();
+        let line = out.lines().next()?.to_string();
+        (line.starts_with("tick ") && f(&line)).then_some(line)
+    })
+    .await
+}
+
+/// The tick number of a tick line (`tick 12 +6s ...`).
+fn tick_no(line: &str) -> u64 {
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigint_and_sigterm_roll_back_exit_4_and_leave_nothing_running() {
+    let (c, s, a) = setup().await;
+    // A controller that stays in its first step (min_time 60 s).
+    let body = FAST
+        .replace("min_time = \"1s\"", "min_time = \"60s\"")
+        .replace("max_time = \"20s\"", "max_time = \"90s\"");
+    for (sig, seed) in [("INT", "21"), ("TERM", "22")] {
+        let dir = tempfile::tempdir().unwrap();
+        let p = plan(
+            dir.path(),
+            &a.admin.to_string(),
+            &c.nodes[2].data,
+            &bulwark_e2e::storage_bin(),
+            &body,
+        );
+        let mut run = Running::start(dir.path(), &["run", p.to_str().unwrap(), "--seed", seed]);
+        let cand = live_split_and_pid(&s, dir.path(), "candidate").await;
+        let base = live_split_and_pid(&s, dir.path(), "baseline").await;
+        status_line(dir.path(), "a first tick", |_| true).await;
+        let st = Command::new("kill")
+            .args([&format!("-{sig}"), &run.child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let (code, t) = run.wait(Duration::from_secs(30)).await;
+        assert_eq!(code, Some(4), "SIG{sig}: {t}");
+        assert!(t.contains(&format!("SIG{sig}: rolling back")), "{t}");
+        assert!(t.contains("split removed"), "{t}");
+        assert!(t.contains("interrupted (rolled back)"), "{t}");
+        assert_eq!(split_status(&s).await, 404, "{t}");
+        assert!(!dir.path().join("controller.json").exists(), "{t}");
+        // An interruption is not the build's fault: its digest is not remembered.
+        assert!(!dir.path().join("rolled_back.json").exists(), "{t}");
+        members_leave(&c, dir.path(), &[cand, base], &format!("SIG{sig}")).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn status_shows_the_tick_and_an_operator_promote_passes_the_step() {
+    let (c, _s, a) = setup().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cand = dir.path().join("storage-candidate");
+    std::fs::copy(bulwark_e2e::storage_bin(), &cand).unwrap();
+    // One step that would not pass by itself for a minute.
+    let body = FAST
+        .replace("weights = [10, 50]", "weights = [50]")
+        .replace("error_rate = 0.001", "error_rate = 0.05")
+        .replace("min_time = \"1s\"", "min_time = \"60s\"")
+        .replace("max_time = \"20s\"", "max_time = \"90s\"");
+    let p = plan(
+        dir.path(),
+        &a.admin.to_string(),
+        &c.nodes[2].data,
+        &cand,
+        &body,
+    );
+    let restart = restart_script(dir.path(), c.nodes[2].process.pid().unwrap());
+    let t = std::fs::read_to_string(&p).unwrap();
+    let t = t.replacen(
+        "\n\n[candidate]",
+        &format!("\nrestart = \"{restart}\"\n\n[candidate]"),
+        1,
+    );
+    std::fs::write(&p, t).unwrap();
+    let mut run = Running::start(dir.path(), &["run", p.to_str().unwrap(), "--seed", "31"]);
+    // `status` prints the current tick line: tick number, step, weight, the numbers.
+    let first = status_line(dir.path(), "a tick in step 1/1", |l| {
+        l.contains("step 1/1 w=50%") && l.contains("cand ") && l.contains("guard Λ=")
+    })
+    .await;
+    let later = status_line(dir.path(), "a later tick", |l| tick_no(l) > tick_no(&first)).await;
+    assert!(
+        later.contains("continue (") && later.contains("time "),
+        "{later}"
+    );
+    let o = canary(dir.path(), &["promote"]);
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("promote"), "{}", text(&o));
+    let (code, t) = run.wait(Duration::from_secs(50)).await;
+    assert_eq!(code, Some(0), "{t}");
+    assert!(t.contains("operator: promote"), "{t}");
+    assert!(t.contains("runs the candidate"), "{t}");
+    let j = journal(dir.path());
+    let actions = j["actions"].to_string();
+    assert!(actions.contains("operator: promote"), "{actions}");
+    assert_eq!(
+        j["verdict"]["promoted_digest"], j["digests"]["candidate"],
+        "{}",
+        j["verdict"]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_resume_during_an_inconclusive_hold_sticks_past_the_old_deadline() {
+    let (c, s, a) = setup().await;
+    let dir = tempfile::tempdir().unwrap();
+    // 1 req/s against 500 minimum requests: inconclusive after 3 s, rolled back 4 s later.
+    let body = FAST
+        .replace("min_requests = 50", "min_requests = 500")
+        .replace("max_time = \"20s\"", "max_time = \"3s\"")
+        .replace("hold = \"5s\"", "hold = \"4s\"")
+        .replace("rate = 200", "rate = 1");
+    let p = plan(
+        dir.path(),
+        &a.admin.to_string(),
+        &c.nodes[2].data,
+        &bulwark_e2e::storage_bin(),
+        &body,
+    );
+    let mut run = Running::start(dir.path(), &["run", p.to_str().unwrap(), "--seed", "41"]);
+    let held = status_line(dir.path(), "an inconclusive hold", |l| {
+        l.contains("INCONCLUSIVE, holding")
+    })
+    .await;
+    // The hold began at most this long ago: it would roll back within `hold` = 4 s of now.
+    let seen = std::time::Instant::now();
+    let o = canary(dir.path(), &["resume"]);
+    assert!(o.status.success(), "{}", text(&o));
+    // Past the old rollback time the controller still runs, holding (or testing) in step 1.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert!(
+        run.child.try_wait().unwrap().is_none(),
+        "rolled back at the old deadline despite the resume ({held}):\n{}",
+        run.out()
+    );
+    let t = run.out();
+    let resumed = t
+        .lines()
+        .find(|l| l.contains("operator: resume (hold ended"))
+        .unwrap_or_else(|| panic!("no resume in:\n{t}"));
+    assert!(resumed.contains("→ continue ("), "{resumed}");
+    // It then holds again on the new deadline and, with nobody there, rolls back: exit 2.
+    let (code, t) = run.wait(Duration::from_secs(20)).await;
+    assert_eq!(code, Some(2), "{t}");
+    assert!(seen.elapsed() >= Duration::from_secs(6), "{t}");
+    let j = journal(dir.path());
+    assert!(j["actions"].to_string().contains("operator: resume"), "{j}");
     assert_eq!(split_status(&s).await, 404, "{t}");
 }
 

@@ -6,6 +6,13 @@
 //! `deploy/local` admits transient members (deploy/README.md). A member's pid is written to
 //! `members.pid_dir/NODE-NAME.pid` while it runs. Stopped with SIGTERM, a bounded wait, then
 //! SIGKILL.
+//!
+//! Each member has a *watchdog*: a detached `sh` in a process group of its own (so neither a
+//! SIGKILL of the controller nor a terminal's Ctrl-C reaches it) that polls the controller's pid
+//! every second and, once the controller is gone without having stopped the member, waits out the
+//! split's TTL (so the sidecar has stopped routing to the member before it goes), then sends the
+//! member SIGTERM (SIGKILL after 5 s) and removes its pid file (if it still names that member).
+//! A controller that stops a member itself kills the watchdog first.
 use super::node::{NodeInfo, Role};
 use super::Error;
 use crate::decide::ProcessState;
@@ -38,6 +45,16 @@ pub struct Member {
     pub pid_file: Option<PathBuf>,
     child: Option<Child>,
     exited: Option<Option<i32>>,
+    watchdog: Option<std::process::Child>,
+}
+
+/// What outlives the controller: the member's pid file, and how long after the controller's death
+/// the member may go on running (the split's TTL and a margin).
+pub struct Leash {
+    /// `members.pid_dir/NODE-NAME.pid`, if the plan has a pid dir.
+    pub pid_file: Option<PathBuf>,
+    /// The watchdog's wait between the controller's death and the member's SIGTERM.
+    pub linger: Duration,
 }
 
 /// The five ports of one member: RPC, gateway, cluster REST, peer, NBD.
@@ -84,7 +101,7 @@ impl Member {
         dir: &Path,
         node: &NodeInfo,
         ports: MemberPorts,
-        pid_file: Option<PathBuf>,
+        leash: Leash,
         http: &reqwest::Client,
     ) -> Result<Member, Error> {
         if !binary.is_file() {
@@ -149,8 +166,9 @@ impl Member {
             pid_file: None,
             child: Some(child),
             exited: None,
+            watchdog: None,
         };
-        if let (Some(f), Some(pid)) = (pid_file, m.pid()) {
+        if let (Some(f), Some(pid)) = (leash.pid_file, m.pid()) {
             let written = f
                 .parent()
                 .map_or(Ok(()), std::fs::create_dir_all)
@@ -160,6 +178,10 @@ impl Member {
                 return Err(Error::Env(format!("{name} pid file {}: {e}", f.display())));
             }
             m.pid_file = Some(f);
+        }
+        if let Some(pid) = m.pid() {
+            let (ctl, f) = (std::process::id(), m.pid_file.as_deref());
+            m.watchdog = spawn_watchdog(ctl, pid, f, leash.linger);
         }
         if let Err(e) = m.wait_ready(http).await {
             m.stop().await;
@@ -226,9 +248,17 @@ impl Member {
 
     /// SIGTERM, up to 5 s, then SIGKILL. True when it left cleanly (exit 0 after SIGTERM).
     pub async fn stop(&mut self) -> bool {
+        self.end_watchdog();
         let left = self.terminate().await;
         self.remove_pid_file();
         left
+    }
+
+    fn end_watchdog(&mut self) {
+        if let Some(mut w) = self.watchdog.take() {
+            let _ = w.kill();
+            let _ = w.wait();
+        }
     }
 
     fn remove_pid_file(&mut self) {
@@ -263,8 +293,44 @@ impl Member {
 impl Drop for Member {
     /// A member dropped unstopped is killed (`kill_on_drop`); its pid file goes with it.
     fn drop(&mut self) {
+        self.end_watchdog();
         self.remove_pid_file();
     }
+}
+
+/// The member's watchdog (module doc): once process `controller` is gone (or a zombie), `linger`
+/// later `member` gets SIGTERM, then SIGKILL after 5 s; then `pid_file` is removed if it still
+/// holds `member`'s pid.
+fn spawn_watchdog(
+    controller: u32,
+    member: u32,
+    pid_file: Option<&Path>,
+    linger: Duration,
+) -> Option<std::process::Child> {
+    use std::os::unix::process::CommandExt;
+    let rm = pid_file.map_or(String::new(), |f| {
+        let f = format!("'{}'", f.display().to_string().replace('\'', "'\\''"));
+        format!("[ \"$(cat {f} 2>/dev/null)\" = {member} ] && rm -f {f}")
+    });
+    let linger = linger.as_secs() + u64::from(linger.subsec_nanos() > 0);
+    let script = format!(
+        "alive() {{ [ -e /proc/$1 ] && [ \"$(cut -d' ' -f3 /proc/$1/stat 2>/dev/null)\" != Z ]; }}\n\
+         while alive {controller}; do sleep 1; done\n\
+         sleep {linger}\n\
+         kill -TERM {member} 2>/dev/null\n\
+         i=0; while alive {member} && [ $i -lt 50 ]; do sleep 0.1; i=$((i+1)); done\n\
+         alive {member} && kill -KILL {member} 2>/dev/null\n\
+         {rm}\n"
+    );
+    std::process::Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .process_group(0)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()
 }
 
 fn peer_id(data: &Path) -> Option<String> {

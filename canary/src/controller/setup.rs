@@ -68,12 +68,17 @@ async fn start_members(
         plan.members.ports,
         if fresh { 2 } else { 1 },
     )?;
+    // A watchdog stops a member of a dead controller once its split has expired (TTL + 2 s).
     let pid_file = |name: &str| {
         let node = &plan.targets[0].node;
-        plan.members
-            .pid_dir
-            .as_ref()
-            .map(|d| d.join(format!("{node}-{name}.pid")))
+        process::Leash {
+            pid_file: plan
+                .members
+                .pid_dir
+                .as_ref()
+                .map(|d| d.join(format!("{node}-{name}.pid"))),
+            linger: plan.split.ttl + std::time::Duration::from_secs(2),
+        }
     };
     let (cand, base) = tokio::join!(
         Member::start(
@@ -307,15 +312,11 @@ impl Ctl {
             self.driver.listeners,
             humantime::format_duration(self.plan.split.ttl)
         ));
-        let addr = control::serve(self.shared.clone()).await?;
-        let f = ControllerFile {
-            addr,
-            pid: std::process::id(),
-            controller: self.driver.controller.clone(),
-            plan: self.opts.plan_file.display().to_string(),
-        };
-        let text = serde_json::to_string_pretty(&f).unwrap_or_default();
-        std::fs::write(control::file(&self.opts.state), text).map_err(env("controller.json"))?;
+        if let Err(e) = self.open_control().await {
+            let _ = self.driver.delete().await;
+            self.stop_members().await;
+            return Err(e);
+        }
         if let Some(load) = self.plan.load.clone() {
             let listen = self
                 .listeners
@@ -330,6 +331,30 @@ impl Ctl {
         }
         self.save();
         Ok(())
+    }
+
+    /// The control endpoint, a status before the first tick, and `controller.json`.
+    async fn open_control(&mut self) -> Result<(), Error> {
+        let addr = control::serve(self.shared.clone()).await?;
+        {
+            let mut sh = self.shared.lock().unwrap_or_else(|p| p.into_inner());
+            sh.status = serde_json::json!({
+                "plan": self.opts.plan_file.display().to_string(),
+                "controller": self.journal.controller,
+                "rehearsal": self.journal.rehearsal,
+                "weight": self.weight,
+                "line": format!("no tick yet: step 1, candidate {}%, first tick in {}",
+                    self.weight, humantime::format_duration(self.plan.steps.tick)),
+            });
+        }
+        let f = ControllerFile {
+            addr,
+            pid: std::process::id(),
+            controller: self.driver.controller.clone(),
+            plan: self.opts.plan_file.display().to_string(),
+        };
+        let text = serde_json::to_string_pretty(&f).unwrap_or_default();
+        std::fs::write(control::file(&self.opts.state), text).map_err(env("controller.json"))
     }
 
     pub(super) async fn candidate_metric(&self) -> Option<u64> {
