@@ -47,14 +47,14 @@ fn main() {
                 0.002,
             ),
         ),
-        // What the 8k figure assumes: each test at α = 0.05 (so the whole rollout at 7 × 0.05).
+        // What the 8k figure assumes: each test at α = 0.05 (so the whole rollout at 2 × 0.05).
         (
-            "null, each test at 0.05 (rollout α 0.35)",
-            with(std_plan(&[("alpha = 0.05", "alpha = 0.35")]), 0.001),
+            "null, each test at 0.05 (rollout α 0.1)",
+            with(std_plan(&[("alpha = 0.05", "alpha = 0.1")]), 0.001),
         ),
         (
-            "2×, each test at 0.05 (rollout α 0.35)",
-            with(std_plan(&[("alpha = 0.05", "alpha = 0.35")]), 0.002),
+            "2×, each test at 0.05 (rollout α 0.1)",
+            with(std_plan(&[("alpha = 0.05", "alpha = 0.1")]), 0.002),
         ),
     ];
     println!("runs per row: {runs}, seed {seed}\n");

@@ -14,14 +14,27 @@
 //! 3. the statistics see the tick's counts; the guard or the relative test rejecting → roll back;
 //! 4. an operator `resume` ends an inconclusive hold and restarts the step's clock; `promote`
 //!    passes the current step (or bake) on the operator's word;
-//! 5. the step passes when the guard accepts, the relative test has not rejected, the candidate
-//!    has `min_requests` and the step `min_time`, and the p99 ratio holds → next step, or promote;
+//! 5. the step passes when the guard accepts *on this step's data* (the step's share of the guard's
+//!    Λ is ≤ B), the relative test has not rejected, the candidate has `min_requests` and the step
+//!    `min_time`, and the p99 ratio holds → next step, or promote;
 //! 6. past `max_time` the step is *inconclusive*: it holds at its weight, still testing (a
 //!    rejection still rolls back, enough evidence still passes), and after `inconclusive.hold`
 //!    rolls back (exit 2). It never promotes by itself;
 //! 7. otherwise it continues, saying what is missing.
 //!
-//! Tests are reset at each step (each weight is a new exposure) and run at `alpha_per_test`.
+//! **Two tests for the whole rollout, carried across its phases.** The guard starts with the first
+//! step and runs over every candidate request until the run ends — through the weight changes and
+//! the bakes; the relative test runs over every step (it has no baseline while baking). Neither is
+//! reset: both are likelihood-ratio martingales under H0 whatever happens between ticks (the
+//! candidate's error rate does not depend on its weight; the attribution test recomputes its π per
+//! tick), so by Ville's inequality each rejects a good build with probability ≤ e^−A over the whole
+//! run, and the rollout's α is split over just these two (`Plan::alpha_per_test`).
+//!
+//! **Acceptance is per step, rejection is carried.** A rejection looks at the guard's whole Λ; a step
+//! passes only when the Λ gathered *during that step* is ≤ B, i.e. that step's own requests favour
+//! the objective over R× it by Wald's acceptance factor. Evidence from 5 % never passes the 50 %
+//! step by itself (a build that fails only under more load has to show it is fine at that load), and
+//! acceptance never affects the false-rollback bound, which only concerns the upper boundary.
 mod report;
 
 pub use report::{ArmReport, TickReport};
@@ -275,6 +288,8 @@ pub struct Rollout {
     deadline: Duration,
     held_since: Option<Duration>,
     guard: Guard,
+    /// The guard's Λ when the current phase started: the phase's own evidence is `Λ − mark`.
+    guard_mark: f64,
     relative: AttributionSprt,
     cand: ArmCounts,
     base: ArmCounts,
@@ -308,6 +323,7 @@ impl Rollout {
         };
         let mut r = Rollout {
             guard: Guard::new(cfg.p0, cfg.effect, cfg.bounds),
+            guard_mark: 0.0,
             relative: AttributionSprt::new(cfg.effect, cfg.bounds),
             cfg,
             phase,
@@ -458,11 +474,11 @@ impl Rollout {
             }
             return why;
         }
-        let g = self.guard.snapshot();
-        if g.verdict != Verdict::Accept {
+        let step_llr = self.guard_step_llr();
+        let accept = self.cfg.bounds.accept;
+        if step_llr > accept {
             why.push(format!(
-                "guard Λ {:.2} not yet ≤ B {:.2}",
-                g.llr, g.bounds.accept
+                "guard: this step's ΔΛ {step_llr:.2} not yet ≤ B {accept:.2}"
             ));
         }
         if self.cand.requests < self.cfg.min_requests {
@@ -524,14 +540,19 @@ impl Rollout {
         decision
     }
 
-    /// Starts a phase: fresh tests and counts, fresh clock.
+    /// The guard's evidence gathered in the current phase: `Λ − Λ at the phase's start`.
+    fn guard_step_llr(&self) -> f64 {
+        self.guard.snapshot().llr - self.guard_mark
+    }
+
+    /// Starts a phase: fresh counts and clock; the tests carry on (module docs), the guard's
+    /// acceptance counts from here.
     fn enter(&mut self, phase: Phase, now: Duration) {
         self.phase = phase;
         self.started = now;
         self.deadline = now + self.cfg.max_time;
         self.held_since = None;
-        self.guard = Guard::new(self.cfg.p0, self.cfg.effect, self.cfg.bounds);
-        self.relative = AttributionSprt::new(self.cfg.effect, self.cfg.bounds);
+        self.guard_mark = self.guard.snapshot().llr;
         self.cand = ArmCounts::default();
         self.base = ArmCounts::default();
         self.cand_lat = Histogram::default();

@@ -275,10 +275,11 @@ impl Plan {
         })
     }
 
-    /// Tests the false-rollback budget α is split over (Bonferroni): a guard and a relative test
-    /// per weighted step, and a guard per bake.
+    /// Tests the false-rollback budget α is split over (Bonferroni): two, whatever the steps and
+    /// bakes — the guard and the relative test each run once over the whole rollout, carried across
+    /// its steps (and, for the guard, its bakes); see `decide` and docs/canary.md "Statistics".
     pub fn tests_in_budget(&self) -> usize {
-        2 * self.steps.weights.len() + self.bakes()
+        2
     }
 
     /// Nodes promoted (and baked, if `bake` > 0).

@@ -40,8 +40,11 @@ pub struct TickReport {
     pub candidate: ArmReport,
     /// Baseline totals over the phase (zero while baking).
     pub baseline: ArmReport,
-    /// The absolute guard.
+    /// The absolute guard, over the whole run (it is not reset between phases).
     pub guard: TestSnapshot,
+    /// The guard's Λ gathered in this phase alone; a step passes only when it is ≤ `guard.bounds.accept`.
+    #[serde(default)]
+    pub guard_step_llr: f64,
     /// The relative test (`None` while baking: there is no baseline arm).
     pub relative: Option<TestSnapshot>,
     /// The p99s and their ratio, once both arms have enough samples.
@@ -75,6 +78,7 @@ impl Rollout {
             candidate: arm(&self.cand, &self.cand_lat),
             baseline: arm(&self.base, &self.base_lat),
             guard: self.guard.snapshot(),
+            guard_step_llr: self.guard_step_llr(),
             relative: (!baking).then(|| self.relative.snapshot()),
             p99: p99_ratio(&self.cand_lat, &self.base_lat),
             p99_limit: self.cfg.p99_limit,
@@ -141,6 +145,9 @@ impl fmt::Display for TickReport {
             ms(b.p99)
         )?;
         write!(f, "{}", test("guard", &self.guard))?;
+        if let Phase::Step { .. } = self.phase {
+            write!(f, " step ΔΛ={:.2}", self.guard_step_llr)?;
+        }
         if let Some(r) = &self.relative {
             write!(f, " | {}", test("rel", r))?;
         }

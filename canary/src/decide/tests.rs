@@ -378,3 +378,48 @@ fn the_report_prints_and_serializes_every_number() {
     assert!(json["guard"]["bounds"]["reject"].as_f64().unwrap() > 0.0);
     assert_eq!(json["relative"]["observations"], 3);
 }
+
+#[test]
+fn the_guard_is_carried_across_steps_but_each_step_accepts_on_its_own_data() {
+    let mut r = Rollout::new(&plan(&[]), Duration::ZERO);
+    // Step 1 clean: 3000 requests (6 ticks), Λ ≈ −3.
+    let rep = run(&mut r, 0, 600, (500, 0), (500, 0));
+    assert_eq!(rep.now, Duration::from_secs(60), "{rep}");
+    let carried = rep.guard.llr;
+    assert!(carried < -2.9, "{rep}");
+    // Step 2 at 0.4 % (4× the objective, the baseline alike so only the guard can see it): the
+    // whole-run Λ is still below B for a while, but the step's own ΔΛ is positive, so the 5 %
+    // evidence does not pass the 50 % step.
+    let rep = run(&mut r, 60, 120, (500, 2), (500, 2));
+    let Decision::Continue { why } = &rep.decision else {
+        panic!("{rep}")
+    };
+    assert!(why.contains("this step's ΔΛ"), "{why}");
+    assert!(rep.guard_step_llr > 0.0, "{rep}");
+    assert!((rep.guard.llr - carried - rep.guard_step_llr).abs() < 1e-9);
+    // Not reset: the guard has seen every candidate request of the run.
+    assert_eq!(rep.guard.observations, 3000 + rep.candidate.requests);
+    // The rejection boundary is carried: it rolls back once the run's Λ reaches A.
+    let rep = run(&mut r, 120, 600, (500, 2), (500, 2));
+    assert_eq!(
+        rep.decision,
+        Decision::Rollback {
+            reason: RollbackReason::Guard
+        },
+        "{rep}"
+    );
+    assert!(rep.guard.llr >= rep.guard.bounds.reject);
+}
+
+#[test]
+fn the_bake_continues_the_same_guard() {
+    let mut r = Rollout::new(&plan(&[]), Duration::ZERO);
+    run(&mut r, 0, 60, (500, 0), (500, 0));
+    let rep = run(&mut r, 60, 120, (500, 0), (500, 0));
+    assert_eq!(rep.decision, Decision::Promote { node: 0 });
+    // Baking: the steps' 6000 requests are still in the guard, plus the bake's own.
+    let rep = r.tick(&input(130, (1000, 3), (0, 0)));
+    assert_eq!(r.phase(), Phase::Bake { node: 0 });
+    assert_eq!(rep.guard.observations, 7000, "{rep}");
+    assert!(rep.relative.is_none());
+}

@@ -80,8 +80,9 @@ fn the_good_plan_parses_with_defaults() {
     assert_eq!(p.steps.min_time, Duration::from_secs(60));
     assert_eq!(p.slo.critical_local_errors, 1);
     assert!(!p.split.sticky && p.load.is_none());
-    assert_eq!(p.tests_in_budget(), 7);
-    assert!((p.alpha_per_test() - 0.05 / 7.0).abs() < 1e-15);
+    // Two tests carried over the whole rollout (guard, relative), whatever the steps and bakes.
+    assert_eq!(p.tests_in_budget(), 2);
+    assert!((p.alpha_per_test() - 0.05 / 2.0).abs() < 1e-15);
     assert_eq!(p.split_at(1), (25, 25, 50));
     // Serializable for the journal, and back.
     let json = serde_json::to_string(&p).unwrap();

@@ -8,7 +8,8 @@
 //! ```
 //!
 //! Crossing `A` rejects (roll back); being at or under `B` accepts (the candidate meets the SLO
-//! with the test's power), which a step needs before it can pass.
+//! with the test's power). One guard runs over the whole rollout, steps and bakes (`decide`): the
+//! rejection looks at its whole Λ, a step passes only when the Λ gathered during that step is ≤ `B`.
 //!
 //! **It judges the candidate alone.** A comparison with the baseline cannot tell a failing
 //! candidate from a healthy one when the baseline has had zero errors (kayenta#377: the relative
