@@ -629,16 +629,17 @@ async fn one_request_a_second_holds_inconclusive_and_exits_2_with_the_counts() {
     assert_eq!(split_status(&s).await, 404, "{t}");
 }
 
-/// A restart command the test controls (no deploy/): SIGTERM node 3, wait for it to be gone,
-/// start `{binary}` on `{data}` in the background (in the controller's process group, so the
-/// test's cleanup ends it), its pid in `DIR/promoted.pid`.
+/// A restart command the test controls (no deploy/): SIGTERM node 3 (`pid`, or the process a
+/// previous restart started), wait for it to be gone, start `{binary}` on `{data}` in the
+/// background (in the controller's process group, so the test's cleanup ends it), its pid in
+/// `DIR/promoted.pid`.
 fn restart_script(dir: &Path, pid: u32) -> String {
     let sh = dir.join("restart.sh");
     let d = dir.display();
     std::fs::write(
         &sh,
         format!(
-            "#!/bin/sh\nP={pid}\nkill -TERM $P\n\
+            "#!/bin/sh\nP=$(cat {d}/promoted.pid 2>/dev/null || echo {pid})\nkill -TERM $P\n\
              while [ -e /proc/$P ] && [ \"$(cut -d' ' -f3 /proc/$P/stat)\" != Z ]; do sleep 0.1; done\n\
              nohup \"$1\" daemon --data \"$2\" >> {d}/promoted.log 2>&1 &\n\
              echo $! > {d}/promoted.pid\n"
@@ -776,4 +777,73 @@ async fn a_second_controller_on_the_same_node_is_refused_while_the_first_runs() 
         .map(|e| e.unwrap().file_name())
         .collect();
     assert!(left.is_empty(), "pid files left: {left:?}\n{t}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_sigterm_during_the_bake_restores_the_node_to_the_stable_build() {
+    let (c, _s, a) = setup().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cand = dir.path().join("storage-candidate");
+    std::fs::copy(bulwark_e2e::storage_bin(), &cand).unwrap();
+    // Promoted quickly, then a bake of a minute.
+    let body = FAST
+        .replace("weights = [10, 50]", "weights = [50]")
+        .replace("error_rate = 0.001", "error_rate = 0.05")
+        .replace("bake = \"0s\"", "bake = \"60s\"");
+    let p = plan(
+        dir.path(),
+        &a.admin.to_string(),
+        &c.nodes[2].data,
+        &cand,
+        &body,
+    );
+    let restart = restart_script(dir.path(), c.nodes[2].process.pid().unwrap());
+    let t = std::fs::read_to_string(&p).unwrap();
+    let t = t.replacen(
+        "\n\n[candidate]",
+        &format!("\nrestart = \"{restart}\"\n\n[candidate]"),
+        1,
+    );
+    std::fs::write(&p, t).unwrap();
+    let mut run = Running::start(dir.path(), &["run", p.to_str().unwrap(), "--seed", "51"]);
+    let promoted: u32 = wait_for("the promotion", Duration::from_secs(40), || async {
+        if !run.out().contains("runs the candidate") {
+            return None;
+        }
+        std::fs::read_to_string(dir.path().join("promoted.pid"))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    })
+    .await;
+    assert_eq!(
+        std::fs::read_link(format!("/proc/{promoted}/exe")).unwrap(),
+        cand
+    );
+    status_line(dir.path(), "a bake tick", |l| l.contains("bake node#0")).await;
+    let st = Command::new("kill")
+        .args(["-TERM", &run.child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let (code, t) = run.wait(Duration::from_secs(50)).await;
+    assert_eq!(code, Some(4), "{t}");
+    assert!(t.contains("node3 back on the stable build"), "{t}");
+    // Node 3 runs the stable binary again (a new process), not the candidate file.
+    assert!(!alive(promoted), "{t}");
+    let pid: u32 = std::fs::read_to_string(dir.path().join("promoted.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert_ne!(pid, promoted, "{t}");
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
+    assert_eq!(exe, bulwark_e2e::storage_bin(), "{t}");
+    let j = journal(dir.path());
+    assert!(
+        j["verdict"]["promoted_digest"].is_null(),
+        "{}",
+        j["verdict"]
+    );
 }

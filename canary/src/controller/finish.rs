@@ -46,6 +46,7 @@ impl Ctl {
         let ms = t0.elapsed().as_millis() as u64;
         self.event(format!("{d}: split removed {ms} ms after the decision"));
         self.stop_members().await;
+        self.restore_promoted().await;
         if let Some(load) = self.load.take() {
             load.abort();
         }
@@ -122,46 +123,13 @@ impl Ctl {
             self.stop_members().await;
         }
         let t = self.plan.targets[i].clone();
-        let restart = t.restart.clone().ok_or_else(|| {
-            Error::Env(format!(
-                "target {:?} has no `restart` in the plan: cannot promote",
-                t.node
-            ))
-        })?;
-        let data = t.data.clone().unwrap_or_else(|| self.node.data.clone());
-        // Absolute, so the restart command may keep it (deploy/local records the node's binary).
-        let binary = std::path::absolute(&self.plan.candidate.binary)
-            .unwrap_or_else(|_| self.plan.candidate.binary.clone());
-        let cmd = restart
-            .replace("{binary}", &binary.display().to_string())
-            .replace("{data}", &data.display().to_string());
-        self.event(format!("promoting {}: {cmd}", t.node));
-        let st = tokio::process::Command::new("sh")
-            .args(["-c", &cmd])
-            .status()
-            .await;
-        if !st.as_ref().is_ok_and(|s| s.success()) {
-            return Err(Error::Env(format!("restart of {} failed: {st:?}", t.node)));
-        }
-        let info = if i == 0 {
-            self.node.clone()
-        } else {
-            NodeInfo::read(&data)?
-        };
         let want = self.journal.digests.candidate.clone();
-        let start = Instant::now();
-        loop {
-            if node::running_digest(&self.http, info.rpc).await.as_deref() == Some(&want) {
-                break;
-            }
-            if start.elapsed() > Duration::from_secs(30) {
-                return Err(Error::Env(format!(
-                    "{} does not report digest {want} 30 s after restart",
-                    t.node
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(200)).await;
+        let binary = self.plan.candidate.binary.clone();
+        // Recorded before the restart: a node half-restarted on the candidate is restored too.
+        if t.restart.is_some() {
+            self.promoted.push(i);
         }
+        let info = self.restart_node(i, "promoting", &binary, &want).await?;
         self.event(format!("{} runs the candidate (digest {want})", t.node));
         self.journal
             .verdict
@@ -183,6 +151,97 @@ impl Ctl {
         self.node = info;
         self.baking = true;
         self.driver.put(&self.bake_subsets()).await
+    }
+
+    /// Runs target `i`'s `restart` command on `binary` and waits up to 30 s for the node to
+    /// report digest `want`; the node's info.
+    async fn restart_node(
+        &mut self,
+        i: usize,
+        what: &str,
+        binary: &std::path::Path,
+        want: &str,
+    ) -> Result<NodeInfo, Error> {
+        let t = self.plan.targets[i].clone();
+        let restart = t.restart.clone().ok_or_else(|| {
+            Error::Env(format!(
+                "target {:?} has no `restart` in the plan: cannot promote",
+                t.node
+            ))
+        })?;
+        let data = t.data.clone().unwrap_or_else(|| self.node.data.clone());
+        // Absolute, so the restart command may keep it (deploy/local records the node's binary).
+        let binary = std::path::absolute(binary).unwrap_or_else(|_| binary.to_path_buf());
+        let cmd = restart
+            .replace("{binary}", &binary.display().to_string())
+            .replace("{data}", &data.display().to_string());
+        self.event(format!("{what} {}: {cmd}", t.node));
+        let st = tokio::process::Command::new("sh")
+            .args(["-c", &cmd])
+            .status()
+            .await;
+        if !st.as_ref().is_ok_and(|s| s.success()) {
+            return Err(Error::Env(format!("restart of {} failed: {st:?}", t.node)));
+        }
+        let info = NodeInfo::read(&data)?;
+        let start = Instant::now();
+        loop {
+            if node::running_digest(&self.http, info.rpc).await.as_deref() == Some(want) {
+                return Ok(info);
+            }
+            if start.elapsed() > Duration::from_secs(30) {
+                return Err(Error::Env(format!(
+                    "{} does not report digest {want} 30 s after restart",
+                    t.node
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// A rollback after a promotion (the bake's guard rejected, an abort or a signal during the
+    /// bake): every promoted node is restarted on the stable binary (`baseline.binary`, else
+    /// `storage` beside `canary`), last promoted first — unless that binary's digest is not the
+    /// one the node ran before the rollout, which is then said and left to the operator.
+    async fn restore_promoted(&mut self) {
+        if self.promoted.is_empty() {
+            return;
+        }
+        let stable = setup::stable_binary(&self.plan);
+        let have = digest(&stable).ok();
+        let want = match (&self.journal.digests.stable, &have) {
+            (Some(ran), Some(h)) if ran != h => {
+                self.event(format!(
+                    "cannot restore the promoted node(s): the stable binary {} has digest {h}, \
+                     the node ran {ran} before the rollout; restart them on their old build by hand",
+                    stable.display()
+                ));
+                return;
+            }
+            (_, Some(h)) => h.clone(),
+            (_, None) => {
+                self.event(format!(
+                    "cannot restore the promoted node(s): stable binary {} unreadable",
+                    stable.display()
+                ));
+                return;
+            }
+        };
+        let mut all = true;
+        while let Some(i) = self.promoted.pop() {
+            let node = self.plan.targets[i].node.clone();
+            match self.restart_node(i, "restoring", &stable, &want).await {
+                Ok(_) => self.event(format!("{node} back on the stable build (digest {want})")),
+                Err(e) => {
+                    all = false;
+                    self.event(format!("{node} not restored: {e}"));
+                }
+            }
+        }
+        if all {
+            let v = self.journal.verdict.get_or_insert_with(Verdict::default);
+            v.promoted_digest = None;
+        }
     }
 
     /// The verdict: journal, report, rolled-back digest remembered, controller.json removed.

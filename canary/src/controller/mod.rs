@@ -67,6 +67,8 @@ pub struct Ctl {
     shared: Arc<Mutex<Shared>>,
     weight: u32,
     baking: bool,
+    /// Targets restarted on the candidate, in order: a rollback restores them.
+    promoted: Vec<usize>,
     metrics_at_start: u64,
     totals: (ArmCounts, ArmCounts),
     load: Option<tokio::task::JoinHandle<()>>,

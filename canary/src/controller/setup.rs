@@ -248,6 +248,7 @@ async fn finish_setup(
         started: Instant::now(),
         shared: Arc::new(Mutex::new(Shared::default())),
         baking: false,
+        promoted: vec![],
         metrics_at_start: 0,
         totals: Default::default(),
         load: None,
