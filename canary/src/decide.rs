@@ -313,7 +313,7 @@ impl Rollout {
             nodes: plan.promoted_nodes(),
             p0: plan.slo.error_rate,
             effect: plan.test.effect,
-            bounds: Bounds::wald(plan.alpha_per_test(), plan.test.beta),
+            bounds: Bounds::anytime(plan.alpha_per_test(), plan.test.beta),
             p99_limit: plan.slo.p99_ratio,
             critical_local_errors: plan.slo.critical_local_errors,
         };
