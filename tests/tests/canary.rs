@@ -847,3 +847,248 @@ async fn a_sigterm_during_the_bake_restores_the_node_to_the_stable_build() {
         j["verdict"]
     );
 }
+
+/// Candidate binaries that exist but do not start: a script that exits 1 at once, and a file
+/// that is not executable. Each → exit 5 with a clear message, nothing left running.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_candidate_that_does_not_start_exits_5_with_nothing_left_running() {
+    let (c, s, a) = setup().await;
+    let dir = tempfile::tempdir().unwrap();
+    let failing = dir.path().join("storage-exits-1");
+    std::fs::write(&failing, "#!/bin/sh\necho 'broken build' >&2\nexit 1\n").unwrap();
+    let not_exec = dir.path().join("storage-not-executable");
+    std::fs::copy(bulwark_e2e::storage_bin(), &not_exec).unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&failing, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::set_permissions(&not_exec, std::fs::Permissions::from_mode(0o644)).unwrap();
+    for (cand, want) in [(&failing, "init failed"), (&not_exec, "ermission denied")] {
+        let p = plan(
+            dir.path(),
+            &a.admin.to_string(),
+            &c.nodes[2].data,
+            cand,
+            FAST,
+        );
+        let o = canary(dir.path(), &["run", p.to_str().unwrap()]);
+        let t = text(&o);
+        assert_eq!(o.status.code(), Some(5), "{t}");
+        assert!(t.contains("candidate") && t.contains(want), "{t}");
+        // No split, no pid files, no controller.json, still three members; the fresh baseline
+        // started beside it is gone.
+        let splits = get_json(&s.admin_url("/split")).await;
+        assert_eq!(
+            splits["splits"].as_array().map(Vec::len),
+            Some(0),
+            "{splits}"
+        );
+        let left = std::fs::read_dir(dir.path().join("pids")).map_or(0, |d| d.count());
+        assert_eq!(left, 0, "pid files left: {t}");
+        assert!(!dir.path().join("controller.json").exists(), "{t}");
+        // The fresh baseline, started beside the candidate, joined and left again.
+        wait_for(
+            "membership back to the 3 nodes",
+            Duration::from_secs(20),
+            || async {
+                let peers = c.nodes[0].peers().await;
+                let live = peers
+                    .iter()
+                    .filter(|p| p["error"].as_str() == Some(""))
+                    .count();
+                (peers.len() == 3 && live == 3).then_some(())
+            },
+        )
+        .await;
+        let o = Command::new("pgrep")
+            .args(["-f", &dir.path().join("runs").display().to_string()])
+            .output()
+            .unwrap();
+        assert!(o.stdout.is_empty(), "member processes left: {}", text(&o));
+    }
+}
+
+/// Sum of a Prometheus counter `NAME{...subset="S"...outcome="O"...}`.
+fn metric_outcome(text: &str, name: &str, subset: &str, outcome: &str) -> u64 {
+    let (s, o) = (
+        format!("subset=\"{subset}\""),
+        format!("outcome=\"{outcome}\""),
+    );
+    text.lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")) && l.contains(&s) && l.contains(&o))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+/// knative/serving#6549: the candidate answers 502 to some requests; the sidecar retries them
+/// (its default retry policy: GETs, two retries) and may hide them from the final answers, but
+/// every attempt counts against the candidate. The 502s are the split's fault on the candidate
+/// subset, applied in the candidate's place to every attempt below the retry layer (what the
+/// retry sees is a 502 from the candidate's slot, without `x-bulwark-error`, so it retries it).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_retried_502_still_counts_against_the_candidate() {
+    let (c, s, a) = setup().await;
+    let cfg = get_json(&s.admin_url("/config")).await;
+    let dir = tempfile::tempdir().unwrap();
+    let body = FAST
+        .replace("method = \"POST\"", "method = \"GET\"")
+        .replace("\"/api/v0/version\"", "\"/block/v1/health\"");
+    let p = plan(
+        dir.path(),
+        &a.admin.to_string(),
+        &c.nodes[2].data,
+        &bulwark_e2e::storage_bin(),
+        &body,
+    );
+    let mut run = Running::start(
+        dir.path(),
+        &[
+            "run",
+            p.to_str().unwrap(),
+            "--seed",
+            "61",
+            "--rehearse",
+            "abort=502,percent=5",
+        ],
+    );
+    let (code, t) = run.wait(Duration::from_secs(40)).await;
+    assert_eq!(code, Some(1), "{t}\n{cfg}");
+    let v = &journal(dir.path())["verdict"];
+    let errors = v["candidate"]["errors_5xx"].as_u64().unwrap();
+    let after = v["admitted_after_split"].as_u64().unwrap();
+    let m = s.metrics().await;
+    let attempts_5xx = metric_outcome(
+        &m,
+        "bulwark_split_attempts_total",
+        "candidate",
+        "upstream_5xx",
+    );
+    let answered_5xx = metric_outcome(
+        &m,
+        "bulwark_split_requests_total",
+        "candidate",
+        "upstream_5xx",
+    );
+    let retries: u64 = m
+        .lines()
+        .filter(|l| {
+            l.starts_with("bulwark_split_retries_total{") && l.contains("subset=\"candidate\"")
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64;
+    eprintln!(
+        "journal 5xx {errors}, sidecar attempts 5xx {attempts_5xx}, answered 5xx {answered_5xx}, \
+         retries {retries}, after {after}"
+    );
+    assert!(retries > 0, "no retries: {v}\n{m}");
+    // The journal's errors are the sidecar's per-attempt 5xx (those admitted after the split
+    // was removed aside), and more than the requests that finally answered 5xx.
+    assert!(
+        errors <= attempts_5xx && attempts_5xx <= errors + after,
+        "journal {errors}, sidecar attempts {attempts_5xx}, after {after}: {v}"
+    );
+    assert!(
+        errors > answered_5xx,
+        "journal {errors} vs requests answered 5xx {answered_5xx}: {v}"
+    );
+    assert_eq!(split_status(&s).await, 404, "{t}");
+}
+
+/// `restart_script` for one of several nodes: its pid file is `DIR/promoted-NAME.pid`.
+fn restart_script_named(dir: &Path, name: &str, pid: u32) -> String {
+    let sh = dir.join(format!("restart-{name}.sh"));
+    let d = dir.display();
+    std::fs::write(
+        &sh,
+        format!(
+            "#!/bin/sh\nP=$(cat {d}/promoted-{name}.pid 2>/dev/null || echo {pid})\nkill -TERM $P\n\
+             while [ -e /proc/$P ] && [ \"$(cut -d' ' -f3 /proc/$P/stat)\" != Z ]; do sleep 0.1; done\n\
+             nohup \"$1\" daemon --data \"$2\" >> {d}/promoted-{name}.log 2>&1 &\n\
+             echo $! > {d}/promoted-{name}.pid\n"
+        ),
+    )
+    .unwrap();
+    format!("sh {} {{binary}} {{data}}", sh.display())
+}
+
+/// `scope = "all"`: the steps run on node 3, then node 3 and node 2 (each behind a sidecar of its
+/// own) are promoted one at a time, each baked; exit 0, both run the candidate file and report
+/// its digest, and no split is left on either sidecar.
+#[tokio::test(flavor = "multi_thread")]
+async fn scope_all_promotes_every_target_one_at_a_time_with_a_bake() {
+    let (c, s3, a3) = setup().await;
+    let admin2 = free_addr();
+    let s2 = SidecarProc::start_with_admin(
+        c.dir.path(),
+        "sc2",
+        &format!(
+            "[[listener]]\nname = \"rpc\"\nlisten = \"{}\"\nupstream = \"{}\"\n",
+            free_addr(),
+            c.nodes[1].rpc
+        ),
+        admin2,
+    );
+    s2.wait_ready().await;
+    let dir = tempfile::tempdir().unwrap();
+    let cand = dir.path().join("storage-candidate");
+    std::fs::copy(bulwark_e2e::storage_bin(), &cand).unwrap();
+    // A long TTL: a split left behind would still be there when the run ends.
+    let body = FAST
+        .replace("weights = [10, 50]", "weights = [50]")
+        .replace("error_rate = 0.001", "error_rate = 0.05")
+        .replace("scope = \"one\"", "scope = \"all\"")
+        .replace("bake = \"0s\"", "bake = \"2s\"")
+        .replace("ttl = \"3s\"", "ttl = \"30s\"");
+    let p = plan(
+        dir.path(),
+        &a3.admin.to_string(),
+        &c.nodes[2].data,
+        &cand,
+        &body,
+    );
+    let r3 = restart_script_named(dir.path(), "node3", c.nodes[2].process.pid().unwrap());
+    let r2 = restart_script_named(dir.path(), "node2", c.nodes[1].process.pid().unwrap());
+    let t = std::fs::read_to_string(&p).unwrap();
+    let second = format!(
+        "restart = \"{r3}\"\n\n[[target]]\nnode = \"node2\"\nadmin = \"{admin2}\"\n\
+         listeners = [\"rpc\"]\ndata = \"{}\"\nrestart = \"{r2}\"\n\n[candidate]",
+        c.nodes[1].data.display()
+    );
+    let t = t.replacen("\n[candidate]", &second, 1);
+    std::fs::write(&p, t).unwrap();
+    let mut run = Running::start(dir.path(), &["run", p.to_str().unwrap(), "--seed", "71"]);
+    let (code, t) = run.wait(Duration::from_secs(55)).await;
+    assert_eq!(code, Some(0), "{t}");
+    let j = journal(dir.path());
+    let want = j["digests"]["candidate"].as_str().unwrap().to_string();
+    assert_eq!(j["verdict"]["promoted_digest"], want.as_str(), "{t}");
+    for (i, name) in [(2, "node3"), (1, "node2")] {
+        assert!(t.contains(&format!("{name} runs the candidate")), "{t}");
+        let pid: u32 = std::fs::read_to_string(dir.path().join(format!("promoted-{name}.pid")))
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
+        assert_eq!(exe, cand, "{name}: {t}");
+        let v: Value = bulwark_e2e::http()
+            .post(c.nodes[i].rpc_url("version"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(v["BinaryDigest"], want.as_str(), "{name}: {v}");
+    }
+    // Node 3 was promoted and baked before node 2 (one at a time).
+    let n3 = t.find("node3 runs the candidate").unwrap();
+    let n2 = t.find("node2 runs the candidate").unwrap();
+    assert!(n3 < n2, "{t}");
+    for s in [&s3, &s2] {
+        let splits = get_json(&s.admin_url("/split")).await;
+        assert_eq!(
+            splits["splits"].as_array().map(Vec::len),
+            Some(0),
+            "{splits}\n{t}"
+        );
+    }
+}

@@ -27,6 +27,20 @@ impl Ctl {
         let outcome = decision.outcome().unwrap_or(Outcome::RolledBack);
         if matches!(decision, Decision::Rollback { .. }) {
             self.rollback(&decision).await;
+        } else if self.baking {
+            // Promoted: the last bake's split goes now (was: left to its TTL, so a next rollout
+            // on that node was refused as "another controller" until it expired).
+            let _ = self
+                .driver
+                .sample("stable", "bake")
+                .await
+                .map(|(c, _)| add(&mut self.totals.0, &c.counts));
+            match self.driver.delete().await {
+                Ok(()) => self.event("bake split removed"),
+                Err(e) => self.event(format!(
+                    "removing the bake split failed: {e} (it expires with its TTL)"
+                )),
+            }
         }
         self.conclude(outcome, &decision)
     }
@@ -121,6 +135,19 @@ impl Ctl {
             self.driver.delete().await?;
             self.event("split removed for promotion");
             self.stop_members().await;
+        } else {
+            // The previous target's bake ends here: its last counts, then its bake split goes
+            // (was: left on that sidecar until its TTL ran out when the driver moved on).
+            let _ = self
+                .driver
+                .sample("stable", "bake")
+                .await
+                .map(|(c, _)| add(&mut self.totals.0, &c.counts));
+            self.driver.delete().await?;
+            self.event(format!(
+                "bake split removed from {}",
+                self.plan.targets[i - 1].node
+            ));
         }
         let t = self.plan.targets[i].clone();
         let want = self.journal.digests.candidate.clone();
