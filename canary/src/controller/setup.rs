@@ -115,7 +115,11 @@ async fn start_members(
             for r in [c.map(Some), b] {
                 match r {
                     Ok(Some(mut m)) => {
+                        // Stopped while it may still be joining: its goodbye can miss members
+                        // that had not seen it yet, so it is also removed for good (its identity
+                        // is this run's only; a 404 for one that left cleanly is fine).
                         m.stop().await;
+                        let _ = process::peers_rm(http, node.cluster, &m.peer_id).await;
                     }
                     Ok(None) => {}
                     Err(e) => {
