@@ -514,13 +514,7 @@ async fn status_shows_the_tick_and_an_operator_promote_passes_the_step() {
         &body,
     );
     let restart = restart_script(dir.path(), c.nodes[2].process.pid().unwrap());
-    let t = std::fs::read_to_string(&p).unwrap();
-    let t = t.replacen(
-        "\n\n[candidate]",
-        &format!("\nrestart = \"{restart}\"\n\n[candidate]"),
-        1,
-    );
-    std::fs::write(&p, t).unwrap();
+    with_restart(&p, &restart);
     let mut run = Running::start(dir.path(), &["run", p.to_str().unwrap(), "--seed", "31"]);
     // `status` prints the current tick line: tick number, step, weight, the numbers.
     let first = status_line(dir.path(), "a tick in step 1/1", |l| {
@@ -634,19 +628,35 @@ async fn one_request_a_second_holds_inconclusive_and_exits_2_with_the_counts() {
 /// background (in the controller's process group, so the test's cleanup ends it), its pid in
 /// `DIR/promoted.pid`.
 fn restart_script(dir: &Path, pid: u32) -> String {
-    let sh = dir.join("restart.sh");
+    restart_script_as(dir, "", pid)
+}
+
+/// [`restart_script`] with `tag` in its file names (`restart{tag}.sh`, `promoted{tag}.pid`).
+fn restart_script_as(dir: &Path, tag: &str, pid: u32) -> String {
+    let sh = dir.join(format!("restart{tag}.sh"));
     let d = dir.display();
     std::fs::write(
         &sh,
         format!(
-            "#!/bin/sh\nP=$(cat {d}/promoted.pid 2>/dev/null || echo {pid})\nkill -TERM $P\n\
+            "#!/bin/sh\nP=$(cat {d}/promoted{tag}.pid 2>/dev/null || echo {pid})\nkill -TERM $P\n\
              while [ -e /proc/$P ] && [ \"$(cut -d' ' -f3 /proc/$P/stat)\" != Z ]; do sleep 0.1; done\n\
-             nohup \"$1\" daemon --data \"$2\" >> {d}/promoted.log 2>&1 &\n\
-             echo $! > {d}/promoted.pid\n"
+             nohup \"$1\" daemon --data \"$2\" >> {d}/promoted{tag}.log 2>&1 &\n\
+             echo $! > {d}/promoted{tag}.pid\n"
         ),
     )
     .unwrap();
     format!("sh {} {{binary}} {{data}}", sh.display())
+}
+
+/// Gives the plan at `p` the `restart` command of its target.
+fn with_restart(p: &Path, restart: &str) {
+    let t = std::fs::read_to_string(p).unwrap();
+    let t = t.replacen(
+        "\n\n[candidate]",
+        &format!("\nrestart = \"{restart}\"\n\n[candidate]"),
+        1,
+    );
+    std::fs::write(p, t).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -668,13 +678,7 @@ async fn an_identical_build_is_promoted_and_node_3_runs_its_digest() {
     );
     let old = c.nodes[2].process.pid().unwrap();
     let restart = restart_script(dir.path(), old);
-    let t = std::fs::read_to_string(&p).unwrap();
-    let t = t.replacen(
-        "\n\n[candidate]",
-        &format!("\nrestart = \"{restart}\"\n\n[candidate]"),
-        1,
-    );
-    std::fs::write(&p, t).unwrap();
+    with_restart(&p, &restart);
     let mut run = Running::start(dir.path(), &["run", p.to_str().unwrap(), "--seed", "11"]);
     let (code, t) = run.wait(Duration::from_secs(50)).await;
     assert_eq!(code, Some(0), "{t}");
@@ -798,13 +802,7 @@ async fn a_sigterm_during_the_bake_restores_the_node_to_the_stable_build() {
         &body,
     );
     let restart = restart_script(dir.path(), c.nodes[2].process.pid().unwrap());
-    let t = std::fs::read_to_string(&p).unwrap();
-    let t = t.replacen(
-        "\n\n[candidate]",
-        &format!("\nrestart = \"{restart}\"\n\n[candidate]"),
-        1,
-    );
-    std::fs::write(&p, t).unwrap();
+    with_restart(&p, &restart);
     let mut run = Running::start(dir.path(), &["run", p.to_str().unwrap(), "--seed", "51"]);
     let promoted: u32 = wait_for("the promotion", Duration::from_secs(40), || async {
         if !run.out().contains("runs the candidate") {
@@ -994,19 +992,7 @@ async fn a_retried_502_still_counts_against_the_candidate() {
 
 /// `restart_script` for one of several nodes: its pid file is `DIR/promoted-NAME.pid`.
 fn restart_script_named(dir: &Path, name: &str, pid: u32) -> String {
-    let sh = dir.join(format!("restart-{name}.sh"));
-    let d = dir.display();
-    std::fs::write(
-        &sh,
-        format!(
-            "#!/bin/sh\nP=$(cat {d}/promoted-{name}.pid 2>/dev/null || echo {pid})\nkill -TERM $P\n\
-             while [ -e /proc/$P ] && [ \"$(cut -d' ' -f3 /proc/$P/stat)\" != Z ]; do sleep 0.1; done\n\
-             nohup \"$1\" daemon --data \"$2\" >> {d}/promoted-{name}.log 2>&1 &\n\
-             echo $! > {d}/promoted-{name}.pid\n"
-        ),
-    )
-    .unwrap();
-    format!("sh {} {{binary}} {{data}}", sh.display())
+    restart_script_as(dir, &format!("-{name}"), pid)
 }
 
 /// `scope = "all"`: the steps run on node 3, then node 3 and node 2 (each behind a sidecar of its
